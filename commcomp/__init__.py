@@ -1,0 +1,1 @@
+"""commcomp: communication compression and robust aggregation for PyTorch distributed training."""
