@@ -1,0 +1,230 @@
+"""User-facing quantizer configs: which level table, which norm, what bucket size.
+
+* :class:`QSGD` — uniform levels, L2 norm (Alistarh et al., 2017).
+* :class:`QSGDInf` — uniform levels, L-inf norm.
+* :class:`NUQSGD` — exponential levels ``{0, 2^-(s-1), ..., 1/2, 1}``, L2 norm (Ramezani-Kebrya et al.).
+* :class:`FixedLevels` — any sorted table in [0, 1]: what ALQ/AMQ fit (see :mod:`commcomp.adaptive`).
+
+``bits`` is the fixed-width wire cost per coordinate: ``bits - 1`` bits of level index plus a
+sign bit, i.e. ``2**(bits-1)`` levels including 0.
+
+Example::
+
+    >>> import torch
+    >>> from commcomp import QSGD
+    >>> q = QSGD(bits=4, bucket_size=512)
+    >>> len(q.levels), q.levels.values[:3]
+    (8, (0.0, 0.1428571492433548, 0.2857142984867096))
+    >>> payload = q.quantize(torch.randn(2000), seed=3)
+    >>> payload.symbols.numel()   # 2000 coordinates x 4 bits
+    1000
+    >>> q.dequantize(payload).shape
+    torch.Size([2000])
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Sequence
+
+import torch
+
+from . import ops
+
+__all__ = ["Levels", "QuantizedTensor", "Quantizer", "QSGD", "QSGDInf", "NUQSGD", "FixedLevels"]
+
+MIN_BITS, MAX_BITS = 2, 8
+NormName = Literal["l2", "linf"]
+
+
+@dataclass(frozen=True)
+class Levels:
+    """A sorted level table in [0, 1] starting at 0 and ending at 1 (float32 values)."""
+
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        values = tuple(float(torch.tensor(v, dtype=torch.float32)) for v in self.values)
+        object.__setattr__(self, "values", values)
+        if not 2 <= len(values) <= 2 ** (MAX_BITS - 1):
+            raise ValueError(f"levels must have 2..{2 ** (MAX_BITS - 1)} entries, got {len(values)}")
+        if values[0] != 0.0 or values[-1] != 1.0:
+            raise ValueError(f"levels must start at 0 and end at 1, got {values[0]} and {values[-1]}")
+        if any(b <= a for a, b in zip(values, values[1:])):
+            raise ValueError(f"levels must be strictly increasing, got {values}")
+
+    @classmethod
+    def uniform(cls, count: int) -> "Levels":
+        """``count`` evenly spaced levels: QSGD with ``count - 1`` intervals."""
+        _check_count(count)
+        return cls(tuple(torch.linspace(0, 1, count, dtype=torch.float32).tolist()))
+
+    @classmethod
+    def exponential(cls, count: int, base: float = 0.5) -> "Levels":
+        """``{0, base^(count-2), ..., base, 1}``: NUQSGD for ``base = 1/2``, AMQ's family for others."""
+        _check_count(count)
+        if not 0.0 < base < 1.0:
+            raise ValueError(f"base must be in (0, 1), got {base}")
+        return cls((0.0,) + tuple(base ** k for k in range(count - 2, 0, -1)) + (1.0,))
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> "Levels":
+        return cls(tuple(t.detach().to(torch.float32).cpu().tolist()))
+
+    def tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        return torch.tensor(self.values, dtype=torch.float32, device=device)
+
+    @property
+    def bits(self) -> int:
+        """Fixed-width bits per coordinate (index + sign)."""
+        return ops.symbol_width(len(self.values))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def _check_count(count: int) -> None:
+    if not isinstance(count, int) or not 2 <= count <= 2 ** (MAX_BITS - 1):
+        raise ValueError(f"level count must be an int in [2, {2 ** (MAX_BITS - 1)}], got {count!r}")
+
+
+def _check_bits(bits: int) -> int:
+    if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+    return 2 ** (bits - 1)
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """One quantized flat tensor: per-bucket norms, packed symbols, and what decoding needs."""
+
+    norms: torch.Tensor
+    symbols: torch.Tensor
+    numel: int
+    bucket_size: int
+    levels: Levels
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire for norms + symbols (headers excluded)."""
+        return self.norms.numel() * 4 + self.symbols.numel()
+
+
+class Quantizer:
+    """Base config: a level table, a norm, a bucket size. Subclasses choose the table."""
+
+    scheme_id: ClassVar[int]
+    name: ClassVar[str]
+
+    def __init__(self, bucket_size: int = 512, norm: NormName = "l2") -> None:
+        if not isinstance(bucket_size, int) or bucket_size <= 0:
+            raise ValueError(f"bucket_size must be a positive int, got {bucket_size!r}")
+        if norm not in ("l2", "linf"):
+            raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
+        self.bucket_size = bucket_size
+        self.norm: NormName = norm
+
+    @property
+    def levels(self) -> Levels:
+        raise NotImplementedError
+
+    @property
+    def bits(self) -> int:
+        return self.levels.bits
+
+    def quantize(self, x: torch.Tensor, seed: int = 0, offset: int = 0) -> QuantizedTensor:
+        """Quantize ``x`` (any shape; flattened) with Philox stream ``(seed, offset)``."""
+        flat = x.reshape(-1)
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
+        norms, symbols = ops.quantize(flat, self.levels.tensor(), self.bucket_size, self.norm, seed, offset)
+        return QuantizedTensor(norms, symbols, flat.numel(), self.bucket_size, self.levels, x.dtype)
+
+    def dequantize(self, q: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Decode ``q`` to a flat tensor of ``dtype`` (default: the quantized tensor's dtype)."""
+        out = ops.dequantize(q.norms, q.symbols, q.levels.tensor(), q.bucket_size, q.numel)
+        return out.to(dtype or q.dtype)
+
+    def variance_bound(self, d: int) -> float | None:
+        """Known upper bound on E||Q(x) - x||^2 / ||x||^2 for a bucket of ``d`` coordinates, if any."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(bits={self.bits}, bucket_size={self.bucket_size}, norm={self.norm!r})"
+
+
+class QSGD(Quantizer):
+    """Uniform levels with the L2 norm (QSGD). ``bits`` in [2, 8]."""
+
+    scheme_id = 1
+    name = "qsgd"
+
+    def __init__(self, bits: int = 4, bucket_size: int = 512) -> None:
+        super().__init__(bucket_size, "l2")
+        self._levels = Levels.uniform(_check_bits(bits))
+
+    @property
+    def levels(self) -> Levels:
+        return self._levels
+
+    def variance_bound(self, d: int) -> float:
+        # Per coordinate, rounding r within an interval of width 1/s has variance
+        # (r - a)(a + 1/s - r) <= min(1 / (4 s^2), r / s); summing with sum r_i <= sqrt(d) gives
+        # min(d / (4 s^2), sqrt(d) / s) — QSGD's Lemma 3.1 with its constant tightened.
+        s = len(self._levels) - 1
+        return min(d / (4 * s**2), math.sqrt(d) / s)
+
+
+class QSGDInf(QSGD):
+    """Uniform levels with the L-inf norm: finer effective resolution for dense buckets."""
+
+    scheme_id = 2
+    name = "qsgdinf"
+
+    def __init__(self, bits: int = 4, bucket_size: int = 512) -> None:
+        super().__init__(bits, bucket_size)
+        self.norm = "linf"
+
+    def variance_bound(self, d: int) -> float:
+        # |x_i| / ||x||_inf <= 1 and each coordinate's rounding variance is <= (1/s)^2 / 4 of
+        # ||x||_inf^2 <= ||x||_2^2: total <= d / (4 s^2) relative to ||x||_2^2.
+        s = len(self.levels) - 1
+        return d / (4 * s**2)
+
+
+class NUQSGD(Quantizer):
+    """Exponential levels ``{0, 2^-(s-1), ..., 1/2, 1}`` with the L2 norm (NUQSGD). ``bits`` in [2, 8]."""
+
+    scheme_id = 3
+    name = "nuqsgd"
+
+    def __init__(self, bits: int = 4, bucket_size: int = 512) -> None:
+        super().__init__(bucket_size, "l2")
+        self._levels = Levels.exponential(_check_bits(bits))
+
+    @property
+    def levels(self) -> Levels:
+        return self._levels
+
+    def variance_bound(self, d: int) -> float:
+        # In [l, 2l] the rounding variance (r - l)(2l - r) is at most r^2 / 8 (sums to <= 1/8); in
+        # the first interval [0, l1], l1 = 2^-(s-1), it is <= min(l1^2 / 4, l1 r). Hence
+        # min(d l1^2 / 4, l1 sqrt(d)) + 1/8, the form of NUQSGD's Theorem 2.
+        l1 = 2.0 ** (-(len(self._levels) - 2))
+        return min(d * l1**2 / 4, l1 * math.sqrt(d)) + 0.125
+
+
+class FixedLevels(Quantizer):
+    """Any level table (e.g. fitted by ALQ/AMQ) with a chosen norm."""
+
+    scheme_id = 4
+    name = "levels"
+
+    def __init__(self, levels: Levels | Sequence[float], bucket_size: int = 512, norm: NormName = "l2") -> None:
+        super().__init__(bucket_size, norm)
+        self._levels = levels if isinstance(levels, Levels) else Levels(tuple(levels))
+
+    @property
+    def levels(self) -> Levels:
+        return self._levels

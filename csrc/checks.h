@@ -1,0 +1,100 @@
+// Argument validation shared by the CPU and CUDA bindings, so both reject bad input with the
+// same message naming the argument.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+
+#include "core/levels.h"
+#include "core/quantize.h"
+
+namespace commcomp {
+
+inline NormKind parse_norm(const std::string& norm) {
+  if (norm == "l2") return NormKind::L2;
+  if (norm == "linf") return NormKind::LInf;
+  TORCH_CHECK_VALUE(false, "norm must be 'l2' or 'linf', got '", norm, "'");
+}
+
+inline void check_bucket_size(int64_t bucket_size) {
+  TORCH_CHECK_VALUE(bucket_size > 0, "bucket_size must be positive, got ", bucket_size);
+}
+
+inline void check_gradient(const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() == 1, "x must be a flat (1-D) tensor, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf ||
+                        x.scalar_type() == at::kBFloat16,
+                    "x must be float32, float16 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.is_contiguous(), "x must be contiguous");
+}
+
+inline void check_seed(int64_t seed, int64_t offset) {
+  TORCH_CHECK_VALUE(seed >= 0, "seed must be non-negative, got ", seed);
+  TORCH_CHECK_VALUE(offset >= 0, "offset must be non-negative, got ", offset);
+}
+
+inline void check_width(int64_t width) {
+  TORCH_CHECK_VALUE(width >= 1 && width <= 8, "width must be in [1, 8] bits, got ", width);
+}
+
+inline void check_numel(int64_t numel) {
+  TORCH_CHECK_VALUE(numel >= 0, "numel must be non-negative, got ", numel);
+}
+
+// Validates `levels` (1-D float32, 2..kMaxLevels entries, strictly increasing from 0 to 1) and
+// copies it into the by-value table kernels take. Reads the (tiny) tensor on the host.
+inline LevelTable level_table_from(const at::Tensor& levels) {
+  TORCH_CHECK_VALUE(levels.dim() == 1, "levels must be 1-D, got shape ", levels.sizes());
+  TORCH_CHECK_VALUE(levels.scalar_type() == at::kFloat, "levels must be float32, got ",
+                    levels.scalar_type());
+  const int64_t count = levels.numel();
+  TORCH_CHECK_VALUE(count >= 2 && count <= kMaxLevels, "levels must have 2..", kMaxLevels,
+                    " entries, got ", count);
+  const at::Tensor host = levels.to(at::kCPU).contiguous();
+  const float* v = host.data_ptr<float>();
+  TORCH_CHECK_VALUE(v[0] == 0.0f && v[count - 1] == 1.0f,
+                    "levels must start at 0 and end at 1, got ", v[0], " and ", v[count - 1]);
+  LevelTable table{};
+  for (int64_t j = 0; j < count; ++j) {
+    TORCH_CHECK_VALUE(j == 0 || v[j] > v[j - 1], "levels must be strictly increasing, but levels[",
+                      j, "] = ", v[j], " <= levels[", j - 1, "] = ", v[j - 1]);
+    table.value[j] = v[j];
+  }
+  table.count = static_cast<int>(count);
+  table.index_bits = index_bits_for(table.count);
+  return table;
+}
+
+inline int64_t bucket_count(int64_t numel, int64_t bucket_size) {
+  return (numel + bucket_size - 1) / bucket_size;
+}
+
+// Shapes and devices of an encoded payload, checked before any kernel reads it.
+inline void check_payload(const at::Tensor& norms, const at::Tensor& symbols, int64_t numel,
+                          int64_t bucket_size, int width, const char* what) {
+  TORCH_CHECK_VALUE(norms.dim() == 1 && norms.scalar_type() == at::kFloat && norms.is_contiguous(),
+                    what, ": norms must be a contiguous 1-D float32 tensor");
+  TORCH_CHECK_VALUE(symbols.dim() == 1 && symbols.scalar_type() == at::kByte &&
+                        symbols.is_contiguous(),
+                    what, ": symbols must be a contiguous 1-D uint8 tensor");
+  TORCH_CHECK_VALUE(norms.numel() == bucket_count(numel, bucket_size), what, ": expected ",
+                    bucket_count(numel, bucket_size), " norms for ", numel,
+                    " elements in buckets of ", bucket_size, ", got ", norms.numel());
+  TORCH_CHECK_VALUE(symbols.numel() == packed_bytes(numel, width), what, ": expected ",
+                    packed_bytes(numel, width), " symbol bytes for ", numel, " elements of ",
+                    width, " bits, got ", symbols.numel());
+  TORCH_CHECK_VALUE(norms.device() == symbols.device(), what,
+                    ": norms and symbols must be on the same device");
+}
+
+inline void check_finite_norms(const at::Tensor& norms) {
+  if (norms.numel() == 0) return;
+  const at::Tensor bad = (~at::isfinite(norms)).nonzero();
+  TORCH_CHECK_VALUE(bad.numel() == 0, "x has non-finite values (or its norm overflows float32) in "
+                    "bucket ", bad.numel() ? bad[0].item<int64_t>() : -1,
+                    "; send such buckets uncompressed");
+}
+
+}  // namespace commcomp

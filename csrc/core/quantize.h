@@ -1,0 +1,117 @@
+// Stochastic, unbiased rounding of one coordinate onto a level table, and its inverse.
+//
+// A coordinate x in a bucket with norm n has normalized magnitude r = |x| / n in [0, 1]. With r in
+// [L_j, L_{j+1}], it becomes L_{j+1} with probability p = (r - L_j) / (L_{j+1} - L_j) and L_j
+// otherwise, so E[L] = r and the decoded value sign(x) * n * L is unbiased. A symbol is the level
+// index shifted left by one with the sign in bit 0; zero magnitudes carry sign 0.
+#pragma once
+
+#include "bitpack.h"
+#include "levels.h"
+#include "macros.h"
+#include "philox.h"
+
+namespace commcomp {
+
+enum class NormKind : int { L2 = 0, LInf = 1 };
+
+// Bucket norms reduce over 32 strided lanes, then combine the lanes as a halving tree. A CUDA warp
+// does the same with shuffles, so both backends add in the same order and agree bit for bit.
+constexpr int kNormLanes = 32;
+
+COMMCOMP_HD float norm_lane_update(float acc, float x, NormKind kind) {
+  return kind == NormKind::L2 ? fadd_rn(acc, fmul_rn(x, x)) : fmax_hd(acc, fabs_hd(x));
+}
+
+COMMCOMP_HD float norm_lane_combine(float a, float b, NormKind kind) {
+  return kind == NormKind::L2 ? fadd_rn(a, b) : fmax_hd(a, b);
+}
+
+COMMCOMP_HD float norm_finish(float acc, NormKind kind) {
+  return kind == NormKind::L2 ? fsqrt_rn(acc) : acc;
+}
+
+// Host-side tree combine of kNormLanes partials, in the order of a warp's shfl_down reduction.
+COMMCOMP_HD float norm_combine_lanes(float* lanes, NormKind kind) {
+  for (int stride = kNormLanes / 2; stride > 0; stride >>= 1) {
+    for (int i = 0; i < stride; ++i) lanes[i] = norm_lane_combine(lanes[i], lanes[i + stride], kind);
+  }
+  return norm_finish(lanes[0], kind);
+}
+
+// `u` is a uniform in [0, 1) from the Philox stream of this coordinate.
+COMMCOMP_HD uint32_t quantize_one(float x, float norm, const float* levels, int count, float u) {
+  if (!(norm > 0.0f)) return 0u;  // zero bucket (or NaN norm): everything decodes to zero
+  const float r = fmin_hd(fdiv_rn(fabs_hd(x), norm), 1.0f);
+  const int j = find_interval(levels, count, r);
+  const float p = fdiv_rn(fsub_rn(r, levels[j]), fsub_rn(levels[j + 1], levels[j]));
+  const uint32_t index = static_cast<uint32_t>(j) + (u < p ? 1u : 0u);
+  const uint32_t sign = (index != 0u && x < 0.0f) ? 1u : 0u;
+  return (index << 1) | sign;
+}
+
+COMMCOMP_HD uint32_t symbol_index(uint32_t symbol) { return symbol >> 1; }
+COMMCOMP_HD bool symbol_negative(uint32_t symbol) { return (symbol & 1u) != 0u; }
+
+// Decoded value; the caller has checked symbol_index(symbol) < count.
+COMMCOMP_HD float dequantize_one(uint32_t symbol, float norm, const float* levels) {
+  const float magnitude = fmul_rn(norm, levels[symbol_index(symbol)]);
+  return symbol_negative(symbol) ? -magnitude : magnitude;
+}
+
+}  // namespace commcomp
+
+namespace commcomp {
+
+// One packing group: quantizes elements [8*group, 8*group + n) and returns their packed bits.
+// `load(i)` returns element i as float; `norms` holds one norm per bucket. Shared verbatim by the
+// CPU loop and the CUDA kernel so both produce the same bytes.
+template <typename Load>
+COMMCOMP_HD uint64_t quantize_group(Load load, int64_t group, int n, const float* norms,
+                                    int64_t bucket_size, const float* levels, int count,
+                                    int width, uint64_t seed, uint64_t offset) {
+  uint32_t symbols[kPackGroup] = {0, 0, 0, 0, 0, 0, 0, 0};
+  const int64_t first = group * kPackGroup;
+  for (int half = 0; half < 2; ++half) {
+    if (half * 4 >= n) break;
+    float u[4];
+    uniforms4(seed, offset, static_cast<uint64_t>(first / 4 + half), u);
+    for (int k = half * 4; k < n && k < half * 4 + 4; ++k) {
+      const int64_t i = first + k;
+      symbols[k] = quantize_one(load(i), norms[i / bucket_size], levels, count, u[k - half * 4]);
+    }
+  }
+  return pack_group(symbols, n, width);
+}
+
+// Decodes one packing group, calling `emit(i, value)` per element. Returns false if a symbol
+// names a level the table does not have (possible only in a corrupt or hostile payload); such
+// elements are emitted as 0.
+template <typename Emit>
+COMMCOMP_HD bool dequantize_group(uint64_t bits, int64_t group, int n, const float* norms,
+                                  int64_t bucket_size, const float* levels, int count,
+                                  int width, Emit emit) {
+  bool ok = true;
+  const int64_t first = group * kPackGroup;
+  for (int k = 0; k < n; ++k) {
+    const uint32_t symbol = group_symbol(bits, k, width);
+    const int64_t i = first + k;
+    if (symbol_index(symbol) >= static_cast<uint32_t>(count)) {
+      ok = false;
+      emit(i, 0.0f);
+    } else {
+      emit(i, dequantize_one(symbol, norms[i / bucket_size], levels));
+    }
+  }
+  return ok;
+}
+
+// Elements in the final (possibly partial) packing group of an n-element stream.
+COMMCOMP_HD int group_size(int64_t group, int64_t n) {
+  const int64_t left = n - group * kPackGroup;
+  return left < kPackGroup ? static_cast<int>(left) : kPackGroup;
+}
+
+COMMCOMP_HD int64_t group_count(int64_t n) { return (n + kPackGroup - 1) / kPackGroup; }
+
+}  // namespace commcomp

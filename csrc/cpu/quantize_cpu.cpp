@@ -1,0 +1,201 @@
+// CPU backend of the core quantization ops: at::parallel_for loops over the csrc/core math.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <vector>
+
+#include "../checks.h"
+#include "../core/bitpack.h"
+#include "../core/quantize.h"
+
+namespace commcomp {
+namespace {
+
+// Packing groups per parallel task: ~64K elements, enough work to amortize scheduling.
+constexpr int64_t kGroupsPerTask = 8192;
+
+template <typename scalar_t>
+void bucket_norms_kernel(const scalar_t* x, int64_t n, int64_t bucket_size, NormKind kind,
+                         float* norms) {
+  const int64_t buckets = bucket_count(n, bucket_size);
+  const int64_t grain = std::max<int64_t>(1, 65536 / bucket_size);
+  at::parallel_for(0, buckets, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      float lanes[kNormLanes] = {0.0f};
+      const int64_t start = b * bucket_size;
+      const int64_t stop = std::min(n, start + bucket_size);
+      for (int64_t i = start; i < stop; ++i) {
+        float& lane = lanes[(i - start) % kNormLanes];
+        lane = norm_lane_update(lane, static_cast<float>(x[i]), kind);
+      }
+      norms[b] = norm_combine_lanes(lanes, kind);
+    }
+  });
+}
+
+at::Tensor bucket_norms_cpu(const at::Tensor& x, int64_t bucket_size, const std::string& norm) {
+  check_gradient(x);
+  check_bucket_size(bucket_size);
+  const NormKind kind = parse_norm(norm);
+  at::Tensor norms = at::empty({bucket_count(x.numel(), bucket_size)}, x.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bucket_norms", [&] {
+    bucket_norms_kernel(x.data_ptr<scalar_t>(), x.numel(), bucket_size, kind,
+                        norms.data_ptr<float>());
+  });
+  return norms;
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::Tensor& levels,
+                                                int64_t bucket_size, const std::string& norm,
+                                                int64_t seed, int64_t offset) {
+  check_seed(seed, offset);
+  const LevelTable table = level_table_from(levels);
+  at::Tensor norms = bucket_norms_cpu(x, bucket_size, norm);
+  check_finite_norms(norms);
+  const int64_t n = x.numel();
+  const int width = table.index_bits + 1;
+  at::Tensor symbols = at::empty({packed_bytes(n, width)}, x.options().dtype(at::kByte));
+  const float* norm_ptr = norms.data_ptr<float>();
+  uint8_t* out = symbols.data_ptr<uint8_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    auto load = [xp](int64_t i) { return static_cast<float>(xp[i]); };
+    at::parallel_for(0, group_count(n), kGroupsPerTask, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        const int size = group_size(g, n);
+        const uint64_t bits = quantize_group(load, g, size, norm_ptr, bucket_size, table.value,
+                                             table.count, width, static_cast<uint64_t>(seed),
+                                             static_cast<uint64_t>(offset));
+        store_group(out, g, bits, size, width);
+      }
+    });
+  });
+  return {norms, symbols};
+}
+
+void check_decodable_norms(const at::Tensor& norms) {
+  check_finite_norms(norms);
+  TORCH_CHECK_VALUE(norms.numel() == 0 || norms.min().item<float>() >= 0.0f,
+                    "norms must be non-negative");
+}
+
+// Adds scale * decode(payload k) for every payload into `out`, in payload order.
+void accumulate_cpu(float* out, int64_t n, const std::vector<const float*>& norms,
+                    const std::vector<const uint8_t*>& symbols, const LevelTable& table,
+                    int64_t bucket_size, float scale, bool overwrite_first) {
+  const int width = table.index_bits + 1;
+  std::atomic<bool> valid{true};
+  at::parallel_for(0, group_count(n), kGroupsPerTask, [&](int64_t begin, int64_t end) {
+    bool ok = true;
+    for (int64_t g = begin; g < end; ++g) {
+      const int size = group_size(g, n);
+      for (size_t k = 0; k < norms.size(); ++k) {
+        const uint64_t bits = load_group(symbols[k], g, size, width);
+        const bool assign = overwrite_first && k == 0;
+        ok &= dequantize_group(bits, g, size, norms[k], bucket_size, table.value, table.count,
+                               width, [&](int64_t i, float v) {
+                                 out[i] = assign ? v : fadd_rn(out[i], fmul_rn(scale, v));
+                               });
+      }
+    }
+    if (!ok) valid = false;
+  });
+  TORCH_CHECK_VALUE(valid.load(), "symbols name a level index >= the ", table.count,
+                    " levels given: corrupt payload or mismatched levels");
+}
+
+at::Tensor dequantize_cpu(const at::Tensor& norms, const at::Tensor& symbols,
+                          const at::Tensor& levels, int64_t bucket_size, int64_t numel) {
+  check_bucket_size(bucket_size);
+  check_numel(numel);
+  const LevelTable table = level_table_from(levels);
+  check_payload(norms, symbols, numel, bucket_size, table.index_bits + 1, "dequantize");
+  check_decodable_norms(norms);
+  at::Tensor out = at::empty({numel}, norms.options());
+  accumulate_cpu(out.data_ptr<float>(), numel, {norms.data_ptr<float>()},
+                 {symbols.data_ptr<uint8_t>()}, table, bucket_size, 1.0f, true);
+  return out;
+}
+
+void dequantize_accumulate_cpu(at::Tensor& out, at::TensorList norms, at::TensorList symbols,
+                               const at::Tensor& levels, int64_t bucket_size, double scale) {
+  check_bucket_size(bucket_size);
+  const LevelTable table = level_table_from(levels);
+  TORCH_CHECK_VALUE(out.dim() == 1 && out.scalar_type() == at::kFloat && out.is_contiguous(),
+                    "out must be a contiguous 1-D float32 tensor");
+  TORCH_CHECK_VALUE(norms.size() == symbols.size(), "norms and symbols must list the same number "
+                    "of payloads, got ", norms.size(), " and ", symbols.size());
+  std::vector<const float*> norm_ptrs;
+  std::vector<const uint8_t*> symbol_ptrs;
+  for (size_t k = 0; k < norms.size(); ++k) {
+    check_payload(norms[k], symbols[k], out.numel(), bucket_size, table.index_bits + 1,
+                  "dequantize_accumulate");
+    check_decodable_norms(norms[k]);
+    norm_ptrs.push_back(norms[k].data_ptr<float>());
+    symbol_ptrs.push_back(symbols[k].data_ptr<uint8_t>());
+  }
+  accumulate_cpu(out.data_ptr<float>(), out.numel(), norm_ptrs, symbol_ptrs, table, bucket_size,
+                 static_cast<float>(scale), false);
+}
+
+at::Tensor pack_symbols_cpu(const at::Tensor& symbols, int64_t width) {
+  check_width(width);
+  TORCH_CHECK_VALUE(symbols.dim() == 1 && symbols.scalar_type() == at::kByte,
+                    "symbols must be a 1-D uint8 tensor");
+  const at::Tensor s = symbols.contiguous();
+  const int64_t n = s.numel();
+  TORCH_CHECK_VALUE(n == 0 || s.max().item<uint8_t>() < (1u << width),
+                    "symbols must fit in width=", width, " bits");
+  at::Tensor packed = at::empty({packed_bytes(n, static_cast<int>(width))}, s.options());
+  const uint8_t* in = s.data_ptr<uint8_t>();
+  uint8_t* out = packed.data_ptr<uint8_t>();
+  at::parallel_for(0, group_count(n), kGroupsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      uint32_t group[kPackGroup] = {0, 0, 0, 0, 0, 0, 0, 0};
+      const int size = group_size(g, n);
+      for (int k = 0; k < size; ++k) group[k] = in[g * kPackGroup + k];
+      store_group(out, g, pack_group(group, size, static_cast<int>(width)), size,
+                  static_cast<int>(width));
+    }
+  });
+  return packed;
+}
+
+at::Tensor unpack_symbols_cpu(const at::Tensor& packed, int64_t width, int64_t numel) {
+  check_width(width);
+  check_numel(numel);
+  TORCH_CHECK_VALUE(packed.dim() == 1 && packed.scalar_type() == at::kByte,
+                    "packed must be a 1-D uint8 tensor");
+  TORCH_CHECK_VALUE(packed.numel() == packed_bytes(numel, static_cast<int>(width)), "packed must hold ",
+                    packed_bytes(numel, static_cast<int>(width)), " bytes for numel=", numel,
+                    " at width=", width, ", got ", packed.numel());
+  const at::Tensor p = packed.contiguous();
+  at::Tensor symbols = at::empty({numel}, p.options());
+  const uint8_t* in = p.data_ptr<uint8_t>();
+  uint8_t* out = symbols.data_ptr<uint8_t>();
+  at::parallel_for(0, group_count(numel), kGroupsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int size = group_size(g, numel);
+      const uint64_t bits = load_group(in, g, size, static_cast<int>(width));
+      for (int k = 0; k < size; ++k)
+        out[g * kPackGroup + k] = static_cast<uint8_t>(group_symbol(bits, k, static_cast<int>(width)));
+    }
+  });
+  return symbols;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(commcomp, CPU, m) {
+  m.impl("bucket_norms", &bucket_norms_cpu);
+  m.impl("quantize", &quantize_cpu);
+  m.impl("dequantize", &dequantize_cpu);
+  m.impl("dequantize_accumulate", &dequantize_accumulate_cpu);
+  m.impl("pack_symbols", &pack_symbols_cpu);
+  m.impl("unpack_symbols", &unpack_symbols_cpu);
+}
+
+}  // namespace commcomp

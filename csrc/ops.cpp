@@ -1,0 +1,31 @@
+// Every commcomp operator schema, declared once. Backends register implementations in their own
+// TORCH_LIBRARY_IMPL blocks (cpu/*.cpp, cuda_binding*.cpp); fake (meta) implementations live in
+// commcomp/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing commcomp._C runs the static registrations below; the module itself has no members.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(commcomp, m) {
+  // Core quantization (csrc/core/quantize.h, bitpack.h, philox.h).
+  m.def("bucket_norms(Tensor x, int bucket_size, str norm) -> Tensor");
+  m.def(
+      "quantize(Tensor x, Tensor levels, int bucket_size, str norm, int seed, int offset)"
+      " -> (Tensor, Tensor)");
+  m.def(
+      "dequantize(Tensor norms, Tensor symbols, Tensor levels, int bucket_size, int numel)"
+      " -> Tensor");
+  m.def(
+      "dequantize_accumulate(Tensor(a!) out, Tensor[] norms, Tensor[] symbols, Tensor levels,"
+      " int bucket_size, float scale) -> ()");
+  m.def("pack_symbols(Tensor symbols, int width) -> Tensor");
+  m.def("unpack_symbols(Tensor packed, int width, int numel) -> Tensor");
+  // Wire codecs (csrc/core/elias.h): add schemas below this line.
+  // Adaptive-level statistics (csrc/core/stats.h): add schemas below this line.
+}
