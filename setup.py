@@ -28,7 +28,7 @@ def _sources(pattern: str) -> list[str]:
 use_cuda = _want_cuda()
 sources = _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp")
 # -ffp-contract=off: no FMA contraction, so the CPU matches CUDA's explicit _rn arithmetic.
-cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno"]
+cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-math-errno"]
 extra = {"cxx": cxx_flags}
 if use_cuda:
     sources += _sources("csrc/cuda_binding*.cpp") + _sources("csrc/cuda/*.cu")

@@ -27,5 +27,13 @@ TORCH_LIBRARY(commcomp, m) {
   m.def("pack_symbols(Tensor symbols, int width) -> Tensor");
   m.def("unpack_symbols(Tensor packed, int width, int numel) -> Tensor");
   // Wire codecs (csrc/core/elias.h): add schemas below this line.
+  // Elias coding of packed symbols: per-bucket byte lengths (int64) and the concatenated stream.
+  m.def(
+      "elias_encode(Tensor packed, int num_levels, int bucket_size, int numel, int code)"
+      " -> (Tensor, Tensor)");
+  m.def(
+      "elias_decode(Tensor bucket_bytes, Tensor stream, int num_levels, int bucket_size,"
+      " int numel, int code) -> Tensor");
   // Adaptive-level statistics (csrc/core/stats.h): add schemas below this line.
+  m.def("level_stats(Tensor x, Tensor norms, int bucket_size, int bins) -> Tensor");
 }

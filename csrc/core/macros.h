@@ -6,8 +6,10 @@
 
 #if defined(__CUDACC__)
 #define COMMCOMP_HD __host__ __device__ __forceinline__
+#define COMMCOMP_UNROLL _Pragma("unroll")
 #else
 #define COMMCOMP_HD inline
+#define COMMCOMP_UNROLL
 #endif
 
 namespace commcomp {

@@ -29,7 +29,7 @@ COMMCOMP_HD void mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 COMMCOMP_HD Philox4 philox4x32_10(Philox4 counter, uint32_t key0, uint32_t key1) {
   using namespace philox_detail;
   uint32_t* c = counter.v;
-#pragma unroll
+COMMCOMP_UNROLL
   for (int round = 0; round < 10; ++round) {
     uint32_t hi0, lo0, hi1, lo1;
     mulhilo(kMul0, c[0], hi0, lo0);
@@ -61,7 +61,7 @@ COMMCOMP_HD void uniforms4(uint64_t seed, uint64_t offset, uint64_t group, float
                       static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)}};
   const Philox4 r =
       philox4x32_10(counter, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-#pragma unroll
+COMMCOMP_UNROLL
   for (int k = 0; k < 4; ++k) out[k] = uint_to_unit_float(r.v[k]);
 }
 

@@ -1,0 +1,466 @@
+// Elias universal codes (gamma, delta, omega) and the per-bucket entropy coding of quantized
+// symbols used by the wire format (QSGD §3.2, NUQSGD §4): a bucket is the sequence of
+//   (zeros before the next nonzero symbol + 1, its level index, its sign bit)
+// with a final zero run, if any, coded alone; the element count of the bucket marks its end.
+//
+// Bit order: Elias streams are MSB-first (bit 7 of byte 0 comes first), the natural order for
+// prefix codes: the leading zeros of a gamma code are a count-leading-zeros of the next word.
+// (Fixed-width symbol packing, bitpack.h, is LSB-first; the two never share a stream.)
+//
+// Every bucket starts on a byte boundary and ends with zero padding, so buckets are encoded and
+// decoded independently (one loop iteration or one GPU thread each) once their byte offsets are
+// known. The decoder trusts nothing: its reader never touches a byte outside the bucket, it
+// rejects codes whose value would not fit in 64 bits, values above what the bucket can hold, and
+// non-canonical padding, and it costs O(bits read + elements written) on any input.
+#pragma once
+
+#include "bitpack.h"
+#include "macros.h"
+
+namespace commcomp {
+
+enum class EliasCode : int { Gamma = 0, Delta = 1, Omega = 2 };
+
+COMMCOMP_HD bool valid_elias_code(int64_t code) { return code >= 0 && code <= 2; }
+
+// Why a bucket failed to decode. Values are part of error messages only, not of the format.
+enum class EliasStatus : int {
+  Ok = 0,
+  Truncated = 1,       // a code runs past the end of the bucket's bytes
+  CodeTooLong = 2,     // a code's value would need more than 64 bits
+  RunPastEnd = 3,      // a zero run reaches past the bucket's element count
+  BadIndex = 4,        // a level index >= the number of levels
+  TrailingBytes = 5,   // the bucket's bytes continue after its last element
+  BadPadding = 6,      // nonzero padding bits after the last code
+  BadSymbol = 7,       // (encoder) an input symbol with index >= levels, or index 0 with sign 1
+};
+
+COMMCOMP_HD const char* elias_status_message(EliasStatus s) {
+  switch (s) {
+    case EliasStatus::Ok: return "ok";
+    case EliasStatus::Truncated: return "a code runs past the end of the bucket's bytes (truncated)";
+    case EliasStatus::CodeTooLong: return "a code is longer than 64 bits";
+    case EliasStatus::RunPastEnd: return "a run of zeros reaches past the end of the bucket";
+    case EliasStatus::BadIndex: return "a level index is out of range for the level table";
+    case EliasStatus::TrailingBytes: return "the bucket has bytes left after its last element";
+    case EliasStatus::BadPadding: return "padding bits after the last code are not zero";
+    case EliasStatus::BadSymbol: return "a symbol has an out-of-range level index or a signed zero";
+  }
+  return "unknown error";
+}
+
+// Number of significant bits of v > 0: floor(log2 v) + 1.
+COMMCOMP_HD int bit_length(uint64_t v) {
+#if defined(__CUDA_ARCH__)
+  return 64 - __clzll(static_cast<long long>(v));
+#else
+  return 64 - __builtin_clzll(v);
+#endif
+}
+
+COMMCOMP_HD int count_leading_zeros64(uint64_t v) {
+#if defined(__CUDA_ARCH__)
+  return __clzll(static_cast<long long>(v));
+#else
+  return v == 0 ? 64 : __builtin_clzll(v);
+#endif
+}
+
+COMMCOMP_HD int count_trailing_zeros64(uint64_t v) {
+#if defined(__CUDA_ARCH__)
+  return __ffsll(static_cast<long long>(v)) - 1;
+#else
+  return __builtin_ctzll(v);
+#endif
+}
+
+// ---- Code lengths (v >= 1) -------------------------------------------------------------------
+
+// gamma(v): floor(log2 v) zeros, then v in binary.
+COMMCOMP_HD int gamma_length(uint64_t v) { return 2 * bit_length(v) - 1; }
+
+// delta(v): gamma(bit_length(v)), then v without its leading 1.
+COMMCOMP_HD int delta_length(uint64_t v) {
+  const int n = bit_length(v);
+  return n - 1 + gamma_length(static_cast<uint64_t>(n));
+}
+
+// omega(v): groups v, bit_length(v) - 1, ... down to a group of 2 or 3, written in reverse, then 0.
+COMMCOMP_HD int omega_length(uint64_t v) {
+  int length = 1;
+  while (v > 1) {
+    const int n = bit_length(v);
+    length += n;
+    v = static_cast<uint64_t>(n - 1);
+  }
+  return length;
+}
+
+COMMCOMP_HD int elias_length(uint64_t v, EliasCode code) {
+  switch (code) {
+    case EliasCode::Gamma: return gamma_length(v);
+    case EliasCode::Delta: return delta_length(v);
+    default: return omega_length(v);
+  }
+}
+
+// ---- Bit writer: MSB-first into a buffer sized by elias_bucket_bits ------------------------------
+
+struct BitWriter {
+  uint8_t* out;
+  uint64_t acc = 0;  // the low `fill` bits are pending output, oldest bit highest
+  int fill = 0;      // < 32 between calls
+
+  COMMCOMP_HD explicit BitWriter(uint8_t* dst) : out(dst) {}
+
+  // Appends the low `length` bits of v (length <= 32, v < 2^length), most significant first.
+  COMMCOMP_HD void put(uint64_t v, int length) {
+    acc = (acc << length) | v;
+    fill += length;
+    if (fill >= 32) {
+      fill -= 32;
+      const uint32_t word = static_cast<uint32_t>(acc >> fill);
+      out[0] = static_cast<uint8_t>(word >> 24);
+      out[1] = static_cast<uint8_t>(word >> 16);
+      out[2] = static_cast<uint8_t>(word >> 8);
+      out[3] = static_cast<uint8_t>(word);
+      out += 4;
+    }
+  }
+
+  // Any length in [0, 64].
+  COMMCOMP_HD void put_long(uint64_t v, int length) {
+    if (length > 32) {
+      put(v >> 32, length - 32);
+      put(v & 0xFFFFFFFFull, 32);
+    } else {
+      put(v, length);
+    }
+  }
+
+  // Zero-pads to a byte boundary and writes what is pending.
+  COMMCOMP_HD void finish() {
+    const int pad = (8 - fill % 8) % 8;
+    acc <<= pad;
+    fill += pad;
+    while (fill > 0) {
+      fill -= 8;
+      *out++ = static_cast<uint8_t>(acc >> fill);
+    }
+  }
+};
+
+COMMCOMP_HD void write_gamma(BitWriter& w, uint64_t v) {
+  // v has n significant bits; writing it in 2n-1 bits supplies the n-1 leading zeros for free.
+  const int n = bit_length(v);
+  if (n <= 32) {
+    w.put_long(v, 2 * n - 1);
+  } else {
+    w.put_long(0, n - 1);
+    w.put_long(v, n);
+  }
+}
+
+COMMCOMP_HD void write_delta(BitWriter& w, uint64_t v) {
+  const int n = bit_length(v);
+  write_gamma(w, static_cast<uint64_t>(n));
+  w.put_long(n > 1 ? v & ((~0ull) >> (65 - n)) : 0ull, n - 1);
+}
+
+COMMCOMP_HD void write_omega(BitWriter& w, uint64_t v) {
+  uint64_t groups[8];  // at most 6 groups for a 64-bit value (64 -> 6 -> 2)
+  int count = 0;
+  while (v > 1) {
+    groups[count++] = v;
+    v = static_cast<uint64_t>(bit_length(v) - 1);
+  }
+  while (count > 0) {
+    const uint64_t g = groups[--count];
+    w.put_long(g, bit_length(g));
+  }
+  w.put(0, 1);
+}
+
+COMMCOMP_HD void write_elias(BitWriter& w, uint64_t v, EliasCode code) {
+  switch (code) {
+    case EliasCode::Gamma: write_gamma(w, v); break;
+    case EliasCode::Delta: write_delta(w, v); break;
+    default: write_omega(w, v); break;
+  }
+}
+
+// ---- Bit reader: MSB-first, bounded to [data, data + size) ---------------------------------
+
+struct BitReader {
+  const uint8_t* data;
+  int64_t size;      // bytes
+  int64_t pos = 0;   // bits consumed
+
+  COMMCOMP_HD BitReader(const uint8_t* bytes, int64_t nbytes) : data(bytes), size(nbytes) {}
+
+  COMMCOMP_HD int64_t remaining() const { return size * 8 - pos; }
+
+  // The next 57+ bits, MSB-aligned; bits past the end read as zero (and are never consumed:
+  // callers check remaining() first).
+  COMMCOMP_HD uint64_t peek() const {
+    const int64_t byte = pos >> 3;
+    uint64_t word = 0;
+    if (byte + 8 <= size) {
+      for (int k = 0; k < 8; ++k) word = (word << 8) | data[byte + k];
+    } else {
+      for (int k = 0; k < 8; ++k) word = (word << 8) | (byte + k < size ? data[byte + k] : 0u);
+    }
+    return word << (pos & 7);
+  }
+
+  // Reads `length` <= 57 bits.
+  COMMCOMP_HD bool read(int length, uint64_t& v) {
+    if (length > remaining()) return false;
+    v = length == 0 ? 0 : peek() >> (64 - length);
+    pos += length;
+    return true;
+  }
+
+  // Reads `length` <= 64 bits.
+  COMMCOMP_HD bool read_long(int length, uint64_t& v) {
+    if (length <= 57) return read(length, v);
+    uint64_t hi = 0, lo = 0;
+    if (!read(length - 32, hi) || !read(32, lo)) return false;
+    v = (hi << 32) | lo;
+    return true;
+  }
+
+  // Consumes zero bits up to (not including) the next 1 bit; fails if more than `limit` zeros
+  // come first (CodeTooLong) or the bucket ends before a 1 (Truncated).
+  COMMCOMP_HD EliasStatus skip_zeros(int limit, int& zeros) {
+    zeros = 0;
+    for (;;) {
+      const int64_t left = remaining();
+      if (left <= 0) return EliasStatus::Truncated;
+      const int window = left < 57 ? static_cast<int>(left) : 57;
+      const int z = count_leading_zeros64(peek());
+      if (z < window) {
+        zeros += z;
+        pos += z;
+        return zeros > limit ? EliasStatus::CodeTooLong : EliasStatus::Ok;
+      }
+      zeros += window;
+      pos += window;
+      if (zeros > limit) return EliasStatus::CodeTooLong;
+    }
+  }
+};
+
+// Decoders return Ok with 1 <= v <= max_value, CodeTooLong for codes of values >= 2^64,
+// RunPastEnd for values in (max_value, 2^64) (callers rename it), or Truncated.
+COMMCOMP_HD EliasStatus read_gamma(BitReader& r, uint64_t max_value, uint64_t& v) {
+  int zeros = 0;
+  const EliasStatus s = r.skip_zeros(63, zeros);
+  if (s != EliasStatus::Ok) return s;
+  if (zeros >= bit_length(max_value)) return EliasStatus::RunPastEnd;  // v >= 2^zeros > max
+  if (!r.read_long(zeros + 1, v)) return EliasStatus::Truncated;
+  return v > max_value ? EliasStatus::RunPastEnd : EliasStatus::Ok;
+}
+
+COMMCOMP_HD EliasStatus read_delta(BitReader& r, uint64_t max_value, uint64_t& v) {
+  uint64_t n = 0;
+  EliasStatus s = read_gamma(r, 64, n);
+  if (s == EliasStatus::RunPastEnd) return EliasStatus::CodeTooLong;  // more than 64 bits
+  if (s != EliasStatus::Ok) return s;
+  if (static_cast<int>(n) > bit_length(max_value)) return EliasStatus::RunPastEnd;
+  uint64_t low = 0;
+  if (!r.read_long(static_cast<int>(n) - 1, low)) return EliasStatus::Truncated;
+  v = n == 1 ? 1ull : ((1ull << (n - 1)) | low);
+  return v > max_value ? EliasStatus::RunPastEnd : EliasStatus::Ok;
+}
+
+COMMCOMP_HD EliasStatus read_omega(BitReader& r, uint64_t max_value, uint64_t& v) {
+  // Each group is read with its leading 1 and is >= 2^(previous group); at most 6 groups fit in
+  // 64 bits, so this loop ends after at most 7 iterations on any input.
+  uint64_t n = 1;
+  for (;;) {
+    uint64_t bit = 0;
+    if (!r.read(1, bit)) return EliasStatus::Truncated;
+    if (bit == 0) {
+      v = n;
+      return v > max_value ? EliasStatus::RunPastEnd : EliasStatus::Ok;
+    }
+    if (n >= 64) return EliasStatus::CodeTooLong;  // the next group would have n + 1 > 64 bits
+    if (static_cast<int>(n) >= bit_length(max_value)) return EliasStatus::RunPastEnd;
+    uint64_t rest = 0;
+    if (!r.read_long(static_cast<int>(n), rest)) return EliasStatus::Truncated;
+    n = (1ull << n) | rest;
+  }
+}
+
+COMMCOMP_HD EliasStatus read_elias(BitReader& r, EliasCode code, uint64_t max_value, uint64_t& v) {
+  switch (code) {
+    case EliasCode::Gamma: return read_gamma(r, max_value, v);
+    case EliasCode::Delta: return read_delta(r, max_value, v);
+    default: return read_omega(r, max_value, v);
+  }
+}
+
+// ---- Symbols of a fixed-width packed stream ------------------------------------------------
+
+// Calls visit(zeros_before, symbol) for every nonzero symbol of elements [begin, end) of a packed
+// stream (bitpack.h layout) and returns the number of zeros after the last one. Reads only the
+// bytes that hold those elements. Groups of eight symbols are scanned with count-trailing-zeros,
+// so sparse streams cost little per zero.
+template <typename Visit>
+COMMCOMP_HD int64_t scan_symbols(const uint8_t* packed, int width, int64_t begin, int64_t end,
+                                 Visit visit) {
+  const uint64_t mask = (1ull << width) - 1ull;
+  int64_t run = 0;
+  int64_t i = begin;
+  while (i < end) {
+    const int64_t group = i / kPackGroup;
+    const int first = static_cast<int>(i - group * kPackGroup);
+    const int64_t group_end = group * kPackGroup + kPackGroup;
+    const int stop = static_cast<int>((end < group_end ? end : group_end) - group * kPackGroup);
+    uint64_t bits = load_group(packed, group, stop, width);
+    // The last byte loaded may hold bits of elements past `end`: drop them.
+    if (stop * width < 64) bits &= (1ull << (stop * width)) - 1ull;
+    bits >>= first * width;
+    int k = first;
+    while (bits != 0) {
+      const int skip = count_trailing_zeros64(bits) / width;
+      run += skip;
+      bits >>= skip * width;
+      visit(run, static_cast<uint32_t>(bits & mask));
+      run = 0;
+      bits >>= width;  // width <= 8, so this never shifts by 64
+      k += skip + 1;
+    }
+    run += stop - k;
+    i = group * kPackGroup + stop;
+  }
+  return run;
+}
+
+// A symbol the Elias coding can carry: index in [0, count), and index 0 only with sign 0.
+COMMCOMP_HD bool codable_symbol(uint32_t symbol, int num_levels) {
+  return symbol > 1u && (symbol >> 1) < static_cast<uint32_t>(num_levels);
+}
+
+// Exact bit length of the Elias coding of elements [begin, end), or -1 if a symbol is not codable.
+COMMCOMP_HD int64_t elias_bucket_bits(const uint8_t* packed, int width, int num_levels,
+                                      int64_t begin, int64_t end, EliasCode code) {
+  int64_t bits = 0;
+  bool ok = true;
+  const int64_t tail = scan_symbols(packed, width, begin, end, [&](int64_t run, uint32_t symbol) {
+    if (!codable_symbol(symbol, num_levels)) {
+      ok = false;
+      return;
+    }
+    bits += elias_length(static_cast<uint64_t>(run) + 1, code) +
+            elias_length(symbol >> 1, code) + 1;
+  });
+  if (tail > 0) bits += elias_length(static_cast<uint64_t>(tail) + 1, code);
+  return ok ? bits : -1;
+}
+
+// Writes the coding of elements [begin, end) (already checked by elias_bucket_bits) at `out`,
+// (elias_bucket_bits + 7) / 8 bytes.
+COMMCOMP_HD void elias_encode_bucket(const uint8_t* packed, int width, int64_t begin,
+                                     int64_t end, EliasCode code, uint8_t* out) {
+  BitWriter w(out);
+  const int64_t tail = scan_symbols(packed, width, begin, end, [&](int64_t run, uint32_t symbol) {
+    write_elias(w, static_cast<uint64_t>(run) + 1, code);
+    write_elias(w, symbol >> 1, code);
+    w.put(symbol & 1u, 1);
+  });
+  if (tail > 0) write_elias(w, static_cast<uint64_t>(tail) + 1, code);
+  w.finish();
+}
+
+// ---- Packed writer: LSB-first symbols from a byte-aligned start ------------------------------
+
+struct PackedWriter {
+  uint8_t* out;
+  uint64_t acc = 0;  // low `fill` bits pending, oldest lowest
+  int fill = 0;      // < 32 between calls
+
+  COMMCOMP_HD explicit PackedWriter(uint8_t* dst) : out(dst) {}
+
+  COMMCOMP_HD void flush_word() {
+    out[0] = static_cast<uint8_t>(acc);
+    out[1] = static_cast<uint8_t>(acc >> 8);
+    out[2] = static_cast<uint8_t>(acc >> 16);
+    out[3] = static_cast<uint8_t>(acc >> 24);
+    out += 4;
+    acc >>= 32;
+    fill -= 32;
+  }
+
+  COMMCOMP_HD void put(uint32_t symbol, int width) {
+    acc |= static_cast<uint64_t>(symbol) << fill;
+    fill += width;
+    if (fill >= 32) flush_word();
+  }
+
+  COMMCOMP_HD void zeros(int64_t nbits) {
+    while (nbits > 0) {
+      if (fill == 0 && nbits >= 32) {  // whole zero words
+        const int64_t words = nbits / 32;
+        for (int64_t k = 0; k < 4 * words; ++k) out[k] = 0;
+        out += 4 * words;
+        nbits -= 32 * words;
+        continue;
+      }
+      const int take = static_cast<int>(nbits < 32 - fill ? nbits : 32 - fill);
+      fill += take;
+      nbits -= take;
+      if (fill >= 32) flush_word();
+    }
+  }
+
+  COMMCOMP_HD void finish() {
+    while (fill > 0) {
+      *out++ = static_cast<uint8_t>(acc);
+      acc >>= 8;
+      fill = fill > 8 ? fill - 8 : 0;
+    }
+  }
+};
+
+// Decodes one bucket of `count` elements from exactly `nbytes` bytes, appending its symbols to
+// `sink`. Rejects anything the encoder would not have produced.
+COMMCOMP_HD EliasStatus elias_decode_bucket(const uint8_t* data, int64_t nbytes, int64_t count,
+                                            int num_levels, int width, EliasCode code,
+                                            PackedWriter& sink) {
+  BitReader r(data, nbytes);
+  int64_t done = 0;
+  while (done < count) {
+    uint64_t v = 0;
+    EliasStatus s = read_elias(r, code, static_cast<uint64_t>(count - done) + 1, v);
+    if (s != EliasStatus::Ok) return s;
+    const int64_t run = static_cast<int64_t>(v - 1);
+    sink.zeros(run * width);
+    done += run;
+    if (done == count) break;
+    uint64_t index = 0;
+    s = read_elias(r, code, static_cast<uint64_t>(num_levels - 1), index);
+    if (s == EliasStatus::RunPastEnd) return EliasStatus::BadIndex;
+    if (s != EliasStatus::Ok) return s;
+    uint64_t sign = 0;
+    if (!r.read(1, sign)) return EliasStatus::Truncated;
+    sink.put(static_cast<uint32_t>((index << 1) | sign), width);
+    ++done;
+  }
+  // Canonical end: at most 7 zero padding bits, nothing after them.
+  if (r.remaining() >= 8) return EliasStatus::TrailingBytes;
+  uint64_t pad = 0;
+  r.read(static_cast<int>(r.remaining()), pad);
+  return pad == 0 ? EliasStatus::Ok : EliasStatus::BadPadding;
+}
+
+// Buckets per independently written run of the packed output: the fewest whole buckets whose
+// packed bits fill whole bytes, so no two runs share a byte of output.
+COMMCOMP_HD int64_t buckets_per_aligned_chunk(int64_t bucket_size, int width) {
+  int64_t k = 1;
+  while ((k * bucket_size * width) % 8 != 0) ++k;  // k <= 8
+  return k;
+}
+
+}  // namespace commcomp
