@@ -73,11 +73,11 @@ def bucket_norms(x: torch.Tensor, bucket_size: int, norm: str = "l2") -> torch.T
 
 
 def quantize_symbols(
-    x: torch.Tensor, levels: torch.Tensor, bucket_size: int, norm: str, seed: int, offset: int
+    x: torch.Tensor, levels: torch.Tensor, bucket_size: int, norm: str, seed: int, offset: int, norms=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Norms and *unpacked* symbols ``(index << 1) | sign`` as int64."""
     x = x.reshape(-1).to(torch.float32)
-    norms = bucket_norms(x, bucket_size, norm)
+    norms = bucket_norms(x, bucket_size, norm) if norms is None else norms
     n = norms.repeat_interleave(bucket_size)[: x.numel()]
     count = levels.numel()
     safe_n = torch.where(n > 0, n, torch.ones_like(n))
@@ -108,9 +108,9 @@ def unpack(packed: torch.Tensor, width: int, numel: int) -> torch.Tensor:
 
 
 def quantize(
-    x: torch.Tensor, levels: torch.Tensor, bucket_size: int, norm: str = "l2", seed: int = 0, offset: int = 0
+    x: torch.Tensor, levels: torch.Tensor, bucket_size: int, norm: str = "l2", seed: int = 0, offset: int = 0, norms=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    norms, symbols = quantize_symbols(x, levels, bucket_size, norm, seed, offset)
+    norms, symbols = quantize_symbols(x, levels, bucket_size, norm, seed, offset, norms)
     width = max(1, (levels.numel() - 1).bit_length()) + 1
     return norms, pack(symbols, width)
 

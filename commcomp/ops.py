@@ -56,15 +56,22 @@ def bucket_norms(x: torch.Tensor, bucket_size: int, norm: NormName = "l2") -> to
 
 
 def quantize(
-    x: torch.Tensor, levels: torch.Tensor, bucket_size: int, norm: NormName = "l2", seed: int = 0, offset: int = 0
+    x: torch.Tensor,
+    levels: torch.Tensor,
+    bucket_size: int,
+    norm: NormName = "l2",
+    seed: int = 0,
+    offset: int = 0,
+    norms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stochastically round flat ``x`` onto ``levels`` per bucket; return ``(norms, symbols)``.
 
     ``symbols`` is a uint8 stream packed at :func:`symbol_width` bits per element. Draws come from
     Philox at ``(seed, offset, element index)``: the same triple gives the same bits on every device.
-    Raises ``ValueError`` if a bucket holds inf/NaN.
+    ``norms``, if given, replaces the per-bucket scales (each must be >= the bucket's own ``norm``;
+    e.g. the max over ranks, for a shared scale). Raises ``ValueError`` if a bucket holds inf/NaN.
     """
-    return torch.ops.commcomp.quantize(x, levels, bucket_size, norm, seed, offset)
+    return torch.ops.commcomp.quantize(x, levels, bucket_size, norm, seed, offset, norms)
 
 
 def dequantize(
@@ -107,7 +114,7 @@ def _bucket_norms_fake(x, bucket_size, norm):
 
 
 @torch.library.register_fake("commcomp::quantize")
-def _quantize_fake(x, levels, bucket_size, norm, seed, offset):
+def _quantize_fake(x, levels, bucket_size, norm, seed, offset, norms=None):
     width = symbol_width(levels.numel())
     norms = x.new_empty((_num_buckets(x.numel(), bucket_size),), dtype=torch.float32)
     return norms, x.new_empty((packed_bytes(x.numel(), width),), dtype=torch.uint8)

@@ -89,6 +89,19 @@ inline void check_payload(const at::Tensor& norms, const at::Tensor& symbols, in
                     ": norms and symbols must be on the same device");
 }
 
+// Caller-supplied scales (e.g. the max of all ranks' norms): one finite, non-negative float32 per
+// bucket, at least the bucket's own norm (else coordinates would clip and rounding be biased).
+inline at::Tensor given_norms(const at::Tensor& norms, const at::Tensor& own, int64_t bucket_size) {
+  TORCH_CHECK_VALUE(norms.dim() == 1 && norms.scalar_type() == at::kFloat,
+                    "norms must be a 1-D float32 tensor");
+  TORCH_CHECK_VALUE(norms.numel() == own.numel(), "norms must hold one entry per bucket of ",
+                    bucket_size, " elements: expected ", own.numel(), ", got ", norms.numel());
+  TORCH_CHECK_VALUE(norms.device() == own.device(), "norms must be on x's device");
+  TORCH_CHECK_VALUE(norms.numel() == 0 || (norms >= own).all().item<bool>(),
+                    "norms must be >= each bucket's own norm (did every rank contribute?)");
+  return norms.contiguous().clone();
+}
+
 inline void check_finite_norms(const at::Tensor& norms) {
   if (norms.numel() == 0) return;
   const at::Tensor bad = (~at::isfinite(norms)).nonzero();

@@ -16,8 +16,8 @@ TORCH_LIBRARY(commcomp, m) {
   // Core quantization (csrc/core/quantize.h, bitpack.h, philox.h).
   m.def("bucket_norms(Tensor x, int bucket_size, str norm) -> Tensor");
   m.def(
-      "quantize(Tensor x, Tensor levels, int bucket_size, str norm, int seed, int offset)"
-      " -> (Tensor, Tensor)");
+      "quantize(Tensor x, Tensor levels, int bucket_size, str norm, int seed, int offset,"
+      " Tensor? norms=None) -> (Tensor, Tensor)");
   m.def(
       "dequantize(Tensor norms, Tensor symbols, Tensor levels, int bucket_size, int numel)"
       " -> Tensor");

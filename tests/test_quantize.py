@@ -285,3 +285,21 @@ def test_cuda_matches_cpu_bit_for_bit(scheme, dtype):
         for width in (2, 3, 8):
             s = torch.randint(0, 2**width, (numel,), dtype=torch.uint8)
             assert torch.equal(ops.pack_symbols(s, width), ops.pack_symbols(s.cuda(), width).cpu())
+
+
+def test_shared_norms_match_reference_and_stay_unbiased():
+    x = torch.randn(1000)
+    lv = QSGD(3).levels.tensor()
+    shared = ops.bucket_norms(x, 100, "l2") * 1.7
+    got = ops.quantize(x, lv, 100, "l2", 4, 2, shared)
+    want = ref.quantize(x, lv, 100, "l2", 4, 2, shared)
+    assert torch.equal(got[0], shared) and torch.equal(got[1], want[1])
+    mean = torch.stack([ops.dequantize(*ops.quantize(x, lv, 100, "l2", 4, t, shared), lv, 100, 1000) for t in range(2000)]).mean(0)
+    # Per-coordinate std of one draw is at most scale / (2 s) = 1.7 * norm / 6.
+    tol = 6 * (shared.max() / 6) / math.sqrt(2000)
+    assert (mean - x).abs().max() < tol
+    with pytest.raises(ValueError, match="norms must be >= each bucket's own norm"):
+        ops.quantize(x, lv, 100, "l2", 0, 0, shared / 2)
+    with pytest.raises(ValueError, match="one entry per bucket"):
+        ops.quantize(x, lv, 100, "l2", 0, 0, shared[:3])
+    torch.library.opcheck(torch.ops.commcomp.quantize.default, (x, lv, 100, "l2", 4, 2, shared))

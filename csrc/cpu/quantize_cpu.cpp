@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <optional>
 #include <vector>
 
 #include "../checks.h"
@@ -50,11 +51,13 @@ at::Tensor bucket_norms_cpu(const at::Tensor& x, int64_t bucket_size, const std:
 
 std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::Tensor& levels,
                                                 int64_t bucket_size, const std::string& norm,
-                                                int64_t seed, int64_t offset) {
+                                                int64_t seed, int64_t offset,
+                                                const std::optional<at::Tensor>& given) {
   check_seed(seed, offset);
   const LevelTable table = level_table_from(levels);
   at::Tensor norms = bucket_norms_cpu(x, bucket_size, norm);
   check_finite_norms(norms);
+  if (given.has_value()) norms = given_norms(*given, norms, bucket_size);
   const int64_t n = x.numel();
   const int width = table.index_bits + 1;
   at::Tensor symbols = at::empty({packed_bytes(n, width)}, x.options().dtype(at::kByte));
