@@ -15,8 +15,34 @@ Example::
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.commcomp)
+from . import _stats_ops  # noqa: F401  (fakes of the level-statistics op)
 from . import ops
-from .quantizers import NUQSGD, QSGD, FixedLevels, Levels, QSGDInf, QuantizedTensor, Quantizer
+from .quantizers import (
+    ALQ,
+    AMQ,
+    NUQSGD,
+    QSGD,
+    FixedLevels,
+    Levels,
+    QSGDInf,
+    QuantizedTensor,
+    Quantizer,
+    UpdateSchedule,
+)
+from . import codecs  # noqa: E402  (needs the quantizers)
 
-__all__ = ["ops", "Levels", "Quantizer", "QuantizedTensor", "QSGD", "QSGDInf", "NUQSGD", "FixedLevels"]
+__all__ = [
+    "ops",
+    "codecs",
+    "Levels",
+    "Quantizer",
+    "QuantizedTensor",
+    "QSGD",
+    "QSGDInf",
+    "NUQSGD",
+    "FixedLevels",
+    "ALQ",
+    "AMQ",
+    "UpdateSchedule",
+]
 __version__ = "0.1.0"

@@ -228,3 +228,10 @@ class FixedLevels(Quantizer):
     @property
     def levels(self) -> Levels:
         return self._levels
+
+
+# Adaptive quantizers live in commcomp.adaptive (which builds on this module); re-exported here so
+# every quantizer config is importable from one place.
+from .adaptive import ALQ, AMQ, UpdateSchedule  # noqa: E402
+
+__all__ += ["ALQ", "AMQ", "UpdateSchedule"]

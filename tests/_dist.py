@@ -8,6 +8,7 @@ a rank that hangs is killed after ``timeout`` seconds.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import traceback
 from typing import Any, Callable
@@ -28,7 +29,9 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple, que
     torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
-        queue.put((rank, True, fn(rank, world_size, *args)))
+        # Plain pickle copies tensor data into bytes; the queue's own pickler would share memory
+        # through file descriptors that die with this process.
+        queue.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
     except BaseException:  # report every failure to the parent, whatever it is
         queue.put((rank, False, traceback.format_exc()))
     finally:
@@ -49,7 +52,7 @@ def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = 120.0)
             rank, ok, value = queue.get(timeout=timeout)
             if not ok:
                 raise AssertionError(f"rank {rank} failed:\n{value}")
-            results[rank] = value
+            results[rank] = pickle.loads(value)
     finally:
         for p in procs:
             p.join(timeout=10)

@@ -1,0 +1,34 @@
+"""DDP communication hooks that put compressed gradients on the wire.
+
+* :func:`allgather_hook` — quantize + encode, all-gather payloads, decode and average (unbiased).
+* :func:`allreduce_hook` — shared max-norm scale, integer symbols all-reduced (wire stays allreduce).
+* :class:`CompressionState` — configuration, counters, error feedback, ``state_dict`` for resume.
+* :func:`hook_from_spec` — ``"nuqsgd:4:elias"``-style strings for command-line flags.
+
+Example::
+
+    import torch, torch.distributed as dist, commcomp
+    from commcomp.hooks import CompressionState, allgather_hook
+
+    dist.init_process_group("gloo")            # launched by torchrun
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(1000, 10))
+    state = CompressionState(commcomp.NUQSGD(bits=4, bucket_size=512), coding="elias-gamma")
+    model.register_comm_hook(state, allgather_hook)
+    model(torch.randn(8, 1000)).sum().backward()   # gradients averaged from 4-bit payloads
+    print(state.compression_ratio)
+"""
+from .allgather import allgather_hook
+from .allreduce import allreduce_hook, level_grid
+from .spec import SCHEMES, hook_from_spec, make_quantizer
+from .state import CODINGS, CompressionState
+
+__all__ = [
+    "CompressionState",
+    "allgather_hook",
+    "allreduce_hook",
+    "hook_from_spec",
+    "make_quantizer",
+    "level_grid",
+    "CODINGS",
+    "SCHEMES",
+]

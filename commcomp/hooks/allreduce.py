@@ -1,0 +1,105 @@
+"""Allreduce aggregation with a shared scale: the wire stays a (ring-efficient) allreduce.
+
+Ranks all-reduce the per-bucket max norm, quantize their gradients against that shared scale, map
+symbols to signed integers on the level table's grid, and all-reduce the integers. The sum decodes
+to the average.
+
+Trade-off against :func:`~commcomp.hooks.allgather_hook`: the estimate is still unbiased (stochastic
+rounding is unbiased for any scale >= the bucket's own norm), but each rank rounds at the coarser
+resolution of the *largest* norm, so the variance grows with the spread of norms across ranks; and
+the integers grow with the world size (int8 while ``max_level_integer * world_size <= 127``, else
+int32), so the per-coordinate wire cost is 8 or 32 bits, not ``bits``. In exchange the traffic per
+rank does not grow with the number of ranks, as an all-gather's does. Only level tables on an
+integer grid qualify: uniform (QSGD, QSGDInf) and exponential (NUQSGD up to 6 bits).
+"""
+
+
+import torch
+import torch.distributed as dist
+
+from .. import ops
+from ..quantizers import Levels
+from ._common import allreduce_mean, finish, group_info, measure_variance, observe, update_residual, with_residual
+from .state import CompressionState
+
+__all__ = ["allreduce_hook", "level_grid"]
+
+_INT32_MAX = 2**31 - 1
+
+
+def level_grid(levels: Levels) -> tuple[float, torch.Tensor]:
+    """``(unit, integers)`` with ``levels == unit * integers`` up to float32 rounding, or ``ValueError``.
+
+    ``unit = 1 / integers[-1]``; every level must be an integer multiple of it (to 1e-6 relative,
+    since float32 cannot hold e.g. 2/7 exactly; the resulting bias is below float32 resolution).
+    """
+    values = torch.tensor(levels.values, dtype=torch.float64)
+    integers = (values / values[1]).round()
+    unit = 1.0 / float(integers[-1]) if integers[-1] > 0 else 0.0
+    on_grid = bool(((integers * unit - values).abs() <= 1e-6 * values).all())
+    if not on_grid or integers[-1] > _INT32_MAX:
+        raise ValueError(
+            f"allreduce_hook needs levels on an integer grid (QSGD, QSGDInf, NUQSGD <= 6 bits); "
+            f"got {levels.values[:4]}...: use allgather_hook for ALQ/AMQ or finer tables"
+        )
+    return unit, integers.to(torch.int64)
+
+
+def wire_dtype(max_integer: int, world_size: int) -> torch.dtype:
+    """Narrowest integer type (of those Gloo and NCCL both reduce) that cannot overflow."""
+    if max_integer * world_size <= 127:
+        return torch.int8
+    if max_integer * world_size <= _INT32_MAX:
+        return torch.int32
+    raise ValueError(f"level integers up to {max_integer} overflow int32 when summed over {world_size} ranks")
+
+
+def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Quantize against the ranks' shared max norm and all-reduce integer symbols.
+
+    Non-finite buckets on any rank switch every rank to fp32 allreduce for that bucket (a flag rides
+    along with the norms), so AMP's GradScaler sees the inf/NaN.
+
+    Example::
+
+        >>> # state = CompressionState(commcomp.QSGD(bits=4, bucket_size=512))
+        >>> # ddp_model.register_comm_hook(state, allreduce_hook)
+    """
+    buffer = bucket.buffer()
+    if not state.compressing(buffer.numel()):
+        return allreduce_mean(state, bucket)
+    group, rank, world = group_info(state)
+    quantizer = state.quantizer
+    unit, integers = level_grid(quantizer.levels)
+    dtype = wire_dtype(int(integers[-1]), world)
+    x = with_residual(state, bucket)
+    norms = ops.bucket_norms(x.contiguous(), quantizer.bucket_size, quantizer.norm)
+    finite = bool(torch.isfinite(norms).all())
+    # Norms and a "some rank is non-finite" flag travel in one MAX-allreduce.
+    packet = torch.cat([torch.where(torch.isfinite(norms), norms, torch.zeros_like(norms)), norms.new_tensor([0.0 if finite else 1.0])])
+    dist.all_reduce(packet, op=dist.ReduceOp.MAX, group=group)
+    state.record(packet.numel() * 4, 0)
+    offset = state.next_offset()
+    if packet[-1].item() != 0.0:
+        return allreduce_mean(state, bucket)
+    shared = packet[:-1].contiguous()
+    observe(state, x)
+    _, packed = ops.quantize(x.contiguous(), quantizer.levels.tensor(), quantizer.bucket_size, quantizer.norm,
+                             state.rank_seed(rank), offset, shared)
+    symbols = ops.unpack_symbols(packed, quantizer.bits, x.numel()).to(torch.int64)
+    signed = integers.to(x.device)[symbols >> 1] * (1 - 2 * (symbols & 1))
+    wire = signed.to(dtype)
+    state.record(wire.numel() * wire.element_size(), buffer.numel() * buffer.element_size())
+    scale = torch.repeat_interleave(shared, quantizer.bucket_size)[: x.numel()] * unit
+    if state.error_feedback or state.measuring_variance():
+        decoded = signed.float() * scale
+        update_residual(state, bucket, x, decoded)
+        measure_variance(state, x, decoded)
+    fut = dist.all_reduce(wire, group=group, async_op=True).get_future()
+
+    def decode_average(f: torch.futures.Future) -> torch.Tensor:
+        total = f.value()[0]
+        buffer.copy_(total.float() * scale / world)
+        return finish(state, bucket, buffer)
+
+    return fut.then(decode_average)

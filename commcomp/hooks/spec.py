@@ -1,0 +1,94 @@
+"""Build a (state, hook) pair from a short string, for command-line flags such as ``--comm-hook``.
+
+Grammar: ``[allreduce-]SCHEME:BITS[:CODING]`` with SCHEME in qsgd, qsgdinf, nuqsgd, alq, amq and
+CODING in fixed, elias-gamma, elias-delta, elias-omega (``elias`` = elias-gamma); the
+``allreduce-`` prefix selects :func:`allreduce_hook` (shared scale, integer allreduce), otherwise
+:func:`allgather_hook`. PyTorch's own hooks for comparison: ``fp16``, ``bf16``,
+``powersgd:RANK``, ``quant-pertensor``.
+
+Example::
+
+    >>> from commcomp.hooks import hook_from_spec
+    >>> state, hook = hook_from_spec("nuqsgd:4:elias", bucket_size=1024)
+    >>> state.quantizer, state.coding, hook.__name__
+    (NUQSGD(bits=4, bucket_size=1024, norm='l2'), 'elias-gamma', 'allgather_hook')
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.distributed as dist
+
+from ..quantizers import NUQSGD, QSGD, QSGDInf, Quantizer
+from .allgather import allgather_hook
+from .allreduce import allreduce_hook
+from .state import CODINGS, CompressionState
+
+__all__ = ["hook_from_spec", "make_quantizer", "SCHEMES"]
+
+SCHEMES = ("qsgd", "qsgdinf", "nuqsgd", "alq", "amq")
+
+
+def make_quantizer(scheme: str, bits: int, bucket_size: int = 512, **adaptive_kwargs: Any) -> Quantizer:
+    """The quantizer config a scheme name stands for."""
+    if scheme == "qsgd":
+        return QSGD(bits, bucket_size)
+    if scheme == "qsgdinf":
+        return QSGDInf(bits, bucket_size)
+    if scheme == "nuqsgd":
+        return NUQSGD(bits, bucket_size)
+    if scheme in ("alq", "amq"):
+        from .. import adaptive
+
+        cls = adaptive.ALQ if scheme == "alq" else adaptive.AMQ
+        return cls(bits, bucket_size, **adaptive_kwargs)
+    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+
+
+def hook_from_spec(
+    spec: str,
+    process_group: dist.ProcessGroup | None = None,
+    bucket_size: int = 512,
+    **state_kwargs: Any,
+) -> tuple[Any, Callable]:
+    """Parse ``spec`` and return ``(state, hook)`` ready for ``ddp.register_comm_hook``.
+
+    ``state_kwargs`` go to :class:`CompressionState` (``seed``, ``start_iter``,
+    ``min_compression_numel``, ``error_feedback``, ``log_every``).
+    """
+    spec = spec.strip().lower()
+    torch_hook = _torch_hook(spec, process_group)
+    if torch_hook is not None:
+        return torch_hook
+    parts = spec.split(":")
+    use_allreduce = parts[0].startswith("allreduce-")
+    scheme = parts[0].removeprefix("allreduce-")
+    if len(parts) not in (2, 3) or not parts[1].isdigit():
+        raise ValueError(f"comm hook spec must look like 'nuqsgd:4[:elias]' or 'allreduce-qsgd:4', got {spec!r}")
+    coding = parts[2] if len(parts) == 3 else "fixed"
+    coding = "elias-gamma" if coding == "elias" else coding
+    if coding not in CODINGS:
+        raise ValueError(f"coding in {spec!r} must be one of {CODINGS} (or 'elias'), got {coding!r}")
+    if use_allreduce and coding != "fixed":
+        raise ValueError(f"allreduce hooks send integers, not coded payloads: drop ':{coding}' from {spec!r}")
+    state = CompressionState(make_quantizer(scheme, int(parts[1]), bucket_size), process_group, coding=coding, **state_kwargs)
+    return state, allreduce_hook if use_allreduce else allgather_hook
+
+
+def _torch_hook(spec: str, process_group: dist.ProcessGroup | None) -> tuple[Any, Callable] | None:
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook, quantization_hooks
+
+    if spec == "fp16":
+        return process_group, default_hooks.fp16_compress_hook
+    if spec == "bf16":
+        return process_group, default_hooks.bf16_compress_hook
+    if spec == "quant-pertensor":
+        return process_group, quantization_hooks.quantization_pertensor_hook
+    if spec.startswith("powersgd:"):
+        rank = spec.split(":", 1)[1]
+        if not rank.isdigit() or int(rank) < 1:
+            raise ValueError(f"powersgd spec must be 'powersgd:RANK' with RANK >= 1, got {spec!r}")
+        state = powerSGD_hook.PowerSGDState(process_group=process_group, matrix_approximation_rank=int(rank),
+                                            start_powerSGD_iter=2, use_error_feedback=True, warm_start=True)
+        return state, powerSGD_hook.powerSGD_hook
+    return None

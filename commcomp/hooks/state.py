@@ -1,0 +1,186 @@
+"""State shared by the commcomp DDP communication hooks: configuration, counters, RNG position,
+error-feedback residuals and wire statistics. Everything a resume needs is in ``state_dict()``."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..quantizers import Quantizer
+
+__all__ = ["CompressionState", "CODINGS"]
+
+logger = logging.getLogger("commcomp.hooks")
+
+CODINGS = ("fixed", "elias-gamma", "elias-delta", "elias-omega")
+# Golden-ratio increment: spreads rank ids over the 63-bit Philox key space.
+_RANK_KEY_STRIDE = 0x9E3779B97F4A7C15
+
+
+class CompressionState:
+    r"""Configuration and running state of :func:`allgather_hook` / :func:`allreduce_hook`.
+
+    Args:
+        quantizer: a :class:`~commcomp.quantizers.Quantizer` (``QSGD``, ``QSGDInf``, ``NUQSGD``,
+            ``FixedLevels``) or an adaptive one (``ALQ``, ``AMQ``), which is refitted on its schedule.
+        process_group: the group to communicate in (``None``: the default group).
+        coding: symbol coding on the wire for :func:`allgather_hook`: ``"fixed"`` (bit packing) or
+            ``"elias-gamma"`` / ``"elias-delta"`` / ``"elias-omega"`` (run-length + Elias).
+        seed: base seed of the Philox streams; each rank derives its own key from it, so
+            quantization noise is independent across ranks and reproducible across runs.
+        start_iter: iterations run with plain fp32 allreduce before compression starts (warm-up,
+            as ``PowerSGDState.start_powerSGD_iter``).
+        min_compression_numel: buckets with fewer elements go uncompressed (headers and norms
+            would outweigh the savings).
+        error_feedback: keep the local quantization error and add it to the next gradient of the
+            same bucket (biased but lower-variance; the residuals are checkpointed).
+        log_every: log wire statistics (and measure the quantization variance) every this many
+            iterations; 0 disables.
+
+    Attributes:
+        iteration: training iterations completed (advanced when the last bucket is reduced).
+        offset: Philox stream position; advanced once per compressed bucket.
+        bytes_sent: bytes this rank put on the wire in the last completed iteration.
+        bytes_uncompressed: what fp32 allreduce would have sent for the same buckets.
+        compression_ratio: ``bytes_uncompressed / bytes_sent`` of the last iteration.
+        variance_estimate: last measured ``||Q(g) - g||^2 / ||g||^2`` of a compressed bucket.
+
+    Example::
+
+        >>> import torch, commcomp
+        >>> from commcomp.hooks import CompressionState, allgather_hook
+        >>> state = CompressionState(commcomp.NUQSGD(bits=4, bucket_size=512), coding="elias-gamma")
+        >>> state.state_dict()["iteration"]
+        0
+        >>> # ddp_model.register_comm_hook(state, allgather_hook)
+    """
+
+    __slots__ = (
+        "quantizer",
+        "process_group",
+        "coding",
+        "seed",
+        "start_iter",
+        "min_compression_numel",
+        "error_feedback",
+        "log_every",
+        "iteration",
+        "offset",
+        "residuals",
+        "bytes_sent",
+        "bytes_uncompressed",
+        "compression_ratio",
+        "variance_estimate",
+        "_bytes_sent_running",
+        "_bytes_uncompressed_running",
+    )
+
+    def __init__(
+        self,
+        quantizer: Quantizer,
+        process_group: dist.ProcessGroup | None = None,
+        coding: str = "fixed",
+        seed: int = 0,
+        start_iter: int = 0,
+        min_compression_numel: int = 1024,
+        error_feedback: bool = False,
+        log_every: int = 100,
+    ) -> None:
+        if not isinstance(quantizer, Quantizer):
+            raise ValueError(f"quantizer must be a commcomp Quantizer, got {type(quantizer).__name__}")
+        if coding not in CODINGS:
+            raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
+        for name, value in (("seed", seed), ("start_iter", start_iter), ("min_compression_numel", min_compression_numel), ("log_every", log_every)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        self.quantizer = quantizer
+        self.process_group = process_group
+        self.coding = coding
+        self.seed = seed
+        self.start_iter = start_iter
+        self.min_compression_numel = min_compression_numel
+        self.error_feedback = bool(error_feedback)
+        self.log_every = log_every
+        self.iteration = 0
+        self.offset = 0
+        self.residuals: dict[int, torch.Tensor] = {}
+        self.bytes_sent = 0
+        self.bytes_uncompressed = 0
+        self.compression_ratio = 1.0
+        self.variance_estimate = float("nan")
+        self._bytes_sent_running = 0
+        self._bytes_uncompressed_running = 0
+
+    # -- helpers used by the hooks -------------------------------------------------------------
+    def rank_seed(self, rank: int) -> int:
+        """This rank's Philox key: distinct per rank, fixed by ``seed``."""
+        return (self.seed + rank * _RANK_KEY_STRIDE) & ((1 << 63) - 1)
+
+    def compressing(self, numel: int) -> bool:
+        return self.iteration >= self.start_iter and numel >= self.min_compression_numel
+
+    def next_offset(self) -> int:
+        offset = self.offset
+        self.offset += 1
+        return offset
+
+    def record(self, sent: int, uncompressed: int) -> None:
+        self._bytes_sent_running += sent
+        self._bytes_uncompressed_running += uncompressed
+
+    def measuring_variance(self) -> bool:
+        return self.log_every > 0 and self.iteration % self.log_every == 0
+
+    def finish_iteration(self) -> None:
+        """Called by the hooks after the last bucket of an iteration."""
+        self.bytes_sent = self._bytes_sent_running
+        self.bytes_uncompressed = self._bytes_uncompressed_running
+        self.compression_ratio = self.bytes_uncompressed / self.bytes_sent if self.bytes_sent else 1.0
+        self._bytes_sent_running = self._bytes_uncompressed_running = 0
+        update = getattr(self.quantizer, "maybe_update", None)
+        if update is not None:  # a collective on refit iterations: every rank calls it, warm-up included
+            update(self.iteration, self.process_group)
+        if self.log_every and self.iteration % self.log_every == 0:
+            logger.info(
+                "iteration %d: sent %d bytes (fp32 would send %d, ratio %.2fx), quantization variance %.4g",
+                self.iteration, self.bytes_sent, self.bytes_uncompressed, self.compression_ratio, self.variance_estimate,
+            )
+        self.iteration += 1
+
+    # -- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs (no process group: that belongs to the new run)."""
+        quantizer_state = getattr(self.quantizer, "state_dict", None)
+        return {
+            "coding": self.coding,
+            "seed": self.seed,
+            "start_iter": self.start_iter,
+            "min_compression_numel": self.min_compression_numel,
+            "error_feedback": self.error_feedback,
+            "iteration": self.iteration,
+            "offset": self.offset,
+            "residuals": {k: v.detach().cpu().clone() for k, v in self.residuals.items()},
+            "quantizer": quantizer_state() if quantizer_state is not None else None,
+            "quantizer_repr": repr(self.quantizer),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"iteration", "offset", "residuals", "seed"} - set(state)
+        if missing:
+            raise ValueError(f"state is missing keys {sorted(missing)}")
+        if state.get("quantizer_repr", repr(self.quantizer)) != repr(self.quantizer):
+            raise ValueError(
+                f"checkpoint was made with {state['quantizer_repr']}, this state uses {self.quantizer!r}"
+            )
+        self.coding = state.get("coding", self.coding)
+        self.seed = int(state["seed"])
+        self.start_iter = int(state.get("start_iter", self.start_iter))
+        self.min_compression_numel = int(state.get("min_compression_numel", self.min_compression_numel))
+        self.error_feedback = bool(state.get("error_feedback", self.error_feedback))
+        self.iteration = int(state["iteration"])
+        self.offset = int(state["offset"])
+        self.residuals = {int(k): v.clone() for k, v in state["residuals"].items()}
+        if state.get("quantizer") is not None:
+            self.quantizer.load_state_dict(state["quantizer"])

@@ -1,0 +1,247 @@
+"""DDP communication hooks on Gloo: unbiasedness, agreement across ranks, convergence, AMP, resume."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+from _dist import run_ranks
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import commcomp
+from commcomp import NUQSGD, QSGD, FixedLevels, QSGDInf
+from commcomp.hooks import CompressionState, allgather_hook, allreduce_hook, hook_from_spec, level_grid
+from commcomp.hooks.allreduce import wire_dtype
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Tanh(), torch.nn.Linear(48, 10))
+
+
+def _batch(rank, step=0):
+    g = torch.Generator().manual_seed(1000 * rank + step)
+    return torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
+
+
+def _flat_grad(model):
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def _hooked_ddp(spec, **kw):
+    ddp = DDP(_model(), bucket_cap_mb=0.01)  # several buckets
+    state, hook = hook_from_spec(spec, bucket_size=128, min_compression_numel=0, **kw)
+    ddp.register_comm_hook(state, hook)
+    return ddp, state
+
+
+def _unbiased_and_identical(rank, world, spec, trials):
+    x, y = _batch(rank)
+    plain = DDP(_model(), bucket_cap_mb=0.01)
+    torch.nn.functional.cross_entropy(plain(x), y).backward()
+    exact = _flat_grad(plain).double()
+    ddp, state = _hooked_ddp(spec)
+    draws = []
+    for _ in range(trials):
+        ddp.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+        draws.append(_flat_grad(ddp).double())
+    draws = torch.stack(draws)
+    return exact, draws.mean(0), draws.var(0), draws[-1], state.compression_ratio, state.iteration
+
+
+@pytest.mark.parametrize("spec", ["nuqsgd:4", "qsgd:3:elias-gamma", "allreduce-qsgd:4", "allreduce-nuqsgd:3"])
+def test_hooked_gradient_is_unbiased_and_identical_on_all_ranks(spec):
+    trials = 300
+    results = run_ranks(_unbiased_and_identical, 2, spec, trials)
+    exact, mean, var, last, ratio, iterations = results[0]
+    assert iterations == trials
+    keep = var > 0
+    z = ((mean - exact)[keep] ** 2 / (var[keep] / trials)).sum().item()
+    dof = int(keep.sum())
+    assert z < dof + 6 * math.sqrt(2 * dof), f"z={z:.0f} dof={dof}"
+    for other in results[1:]:
+        assert torch.equal(other[0], exact)  # DDP's own average agrees
+        assert torch.equal(other[3], last)  # hooked gradients bit-identical across ranks
+    assert ratio > 3.0
+
+
+def _train(rank, world, spec, steps):
+    from commcomp.data import load_digits_tensors
+
+    train, test = load_digits_tensors(seed=0, flat=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    ddp = DDP(model)
+    if spec != "none":
+        state, hook = hook_from_spec(spec, bucket_size=256, min_compression_numel=0)
+        ddp.register_comm_hook(state, hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    shard = torch.arange(rank, len(train), world)
+    g = torch.Generator().manual_seed(rank)
+    for _ in range(steps):
+        idx = shard[torch.randint(0, len(shard), (32,), generator=g)]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(train.x[idx]), train.y[idx]).backward()
+        opt.step()
+    with torch.no_grad():
+        acc = (model(test.x).argmax(1) == test.y).float().mean().item()
+    return acc, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("spec", ["nuqsgd:4:elias", "allreduce-qsgd:4"])
+def test_four_ranks_converge_with_identical_parameters(spec):
+    results = run_ranks(_train, 4, spec, 150, timeout=240)
+    accs = [r[0] for r in results]
+    assert min(accs) > 0.85, accs
+    for _, params in results[1:]:
+        assert torch.equal(params, results[0][1])
+
+
+def _amp_inf_step(rank, world):
+    ddp, state = _hooked_ddp("nuqsgd:4")
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = [p.detach().clone() for p in ddp.parameters()]
+    x, y = _batch(rank)
+    loss = torch.nn.functional.cross_entropy(ddp(x), y)
+    if rank == 1:
+        loss = loss * float("inf")  # this rank's gradients overflow
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, ddp.parameters()))
+    # The next, finite step is taken normally.
+    opt.zero_grad()
+    scaler.scale(torch.nn.functional.cross_entropy(ddp(x), y)).backward()
+    scaler.step(opt)
+    scaler.update()
+    changed = not all(torch.equal(a, b) for a, b in zip(before, ddp.parameters()))
+    return unchanged, scaler.get_scale(), changed
+
+
+def test_grad_scaler_skips_step_with_inf_on_one_rank():
+    for unchanged, scale, changed in run_ranks(_amp_inf_step, 2):
+        assert unchanged, "the step with an inf gradient must be skipped on every rank"
+        assert scale == 512.0  # GradScaler backed off once
+        assert changed
+
+
+def _resume(rank, world, spec, steps, stop):
+    def make():
+        # Exact resume needs DDP's bucket layout to match the interrupted run's. By default DDP
+        # starts with a provisional layout and rebuilds it after the first iteration; explicit
+        # per-bucket caps with find_unused_parameters=True keep one layout from the first step.
+        ddp = DDP(_model(), bucket_cap_mb_list=[0.004] * 4, find_unused_parameters=True)
+        state, hook = hook_from_spec(spec, bucket_size=128, min_compression_numel=0, error_feedback=True, seed=5)
+        ddp.register_comm_hook(state, hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+        return ddp, state, opt
+
+    def run(ddp, opt, first, last):
+        for step in range(first, last):
+            x, y = _batch(rank, step)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step()
+
+    ddp, state, opt = make()
+    run(ddp, opt, 0, steps)
+    straight = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
+
+    ddp, state, opt = make()
+    run(ddp, opt, 0, stop)
+    checkpoint = copy.deepcopy({"model": ddp.module.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()})
+    ddp, state, opt = make()  # a fresh process would start here
+    ddp.module.load_state_dict(checkpoint["model"])
+    opt.load_state_dict(checkpoint["opt"])
+    state.load_state_dict(checkpoint["hook"])
+    run(ddp, opt, stop, steps)
+    resumed = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
+    return torch.equal(straight, resumed), len(checkpoint["hook"]["residuals"]), state.offset // state.iteration
+
+
+@pytest.mark.parametrize("spec", ["qsgd:4:elias-delta", "allreduce-nuqsgd:4"])
+def test_stop_and_resume_is_bit_identical(spec):
+    for identical, residuals, buckets in run_ranks(_resume, 2, spec, 8, 3):
+        assert buckets > 1 and residuals == buckets
+        assert identical
+
+
+def test_spec_parsing_and_errors():
+    state, hook = hook_from_spec("allreduce-qsgdinf:3", bucket_size=64)
+    assert hook is allreduce_hook and isinstance(state.quantizer, QSGDInf) and state.quantizer.bits == 3
+    state, hook = hook_from_spec("nuqsgd:4:elias")
+    assert hook is allgather_hook and state.coding == "elias-gamma"
+    _, torch_hook = hook_from_spec("fp16")
+    assert torch_hook.__name__ == "fp16_compress_hook"
+    for bad, match in [("zip:4", "scheme must be one of"), ("qsgd", "must look like"), ("qsgd:4:huffman", "coding"),
+                       ("allreduce-qsgd:4:elias", "drop"), ("qsgd:12", "bits must be"), ("powersgd:0", "RANK >= 1")]:
+        with pytest.raises(ValueError, match=match):
+            hook_from_spec(bad)
+    with pytest.raises(ValueError, match="coding must be one of"):
+        CompressionState(QSGD(4), coding="lz4")
+    with pytest.raises(ValueError, match="start_iter must be a non-negative int"):
+        CompressionState(QSGD(4), start_iter=-1)
+
+
+def test_level_grid_and_wire_dtype():
+    unit, ints = level_grid(QSGD(4).levels)
+    assert ints.tolist() == list(range(8)) and unit == pytest.approx(1 / 7)
+    unit, ints = level_grid(NUQSGD(4).levels)
+    assert ints.tolist() == [0, 1, 2, 4, 8, 16, 32, 64] and unit == 2.0**-6
+    with pytest.raises(ValueError, match="integer grid"):
+        level_grid(FixedLevels([0.0, 0.3, 1.0]).levels)
+    assert wire_dtype(7, 2) == torch.int8 and wire_dtype(63, 2) == torch.int8
+    assert wire_dtype(64, 2) == torch.int32  # a sum of two 64s overflows int8
+
+
+def test_corrupt_payload_names_the_rank():
+    from commcomp.hooks.allgather import _average_frames
+
+    state = CompressionState(NUQSGD(4, 128))
+    q = state.quantizer.quantize(torch.randn(1000), seed=1)
+    good = torch.cat([torch.tensor([1], dtype=torch.uint8), commcomp.codecs.encode(q)])
+    bad = good.clone()
+    bad[1:5] = 0  # destroys the codec header's magic
+    total = _average_frames(state, [good, good], 1000, torch.device("cpu"))
+    decoded = state.quantizer.dequantize(q, torch.float32)
+    assert torch.equal(total, (torch.zeros(1000) + 0.5 * decoded) + 0.5 * decoded)  # the kernel's order
+    with pytest.raises(RuntimeError, match="invalid payload from rank 1"):
+        _average_frames(state, [good, bad], 1000, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="rank 0.*raw frame"):
+        _average_frames(state, [torch.tensor([0, 1, 2], dtype=torch.uint8), good], 1000, torch.device("cpu"))
+
+
+def test_state_dict_rejects_other_quantizer():
+    state = CompressionState(QSGD(4))
+    with pytest.raises(ValueError, match="checkpoint was made with"):
+        CompressionState(NUQSGD(4)).load_state_dict(state.state_dict())
+
+
+def _adaptive_run(rank, world, scheme):
+    from commcomp.hooks import CompressionState
+
+    q = (commcomp.ALQ if scheme == "alq" else commcomp.AMQ)(3, 128, update_schedule=commcomp.UpdateSchedule(at=(1, 3), every=None))
+    initial = q.levels
+    ddp = DDP(_model())
+    state = CompressionState(q, min_compression_numel=0, coding="elias-omega", start_iter=1)
+    ddp.register_comm_hook(state, allgather_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    for step in range(5):
+        x, y = _batch(rank, step)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+        opt.step()
+    params = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
+    return initial.values, q.levels.values, q.updates, state.state_dict()["quantizer"]["levels"], params
+
+
+@pytest.mark.parametrize("scheme", ["alq", "amq"])
+def test_adaptive_levels_refit_identically_on_all_ranks(scheme):
+    results = run_ranks(_adaptive_run, 2, scheme)
+    initial, fitted, updates, saved, params = results[0]
+    assert updates == 2 and fitted != initial and tuple(saved) == fitted
+    for other in results[1:]:
+        assert other[1] == fitted
+        assert torch.equal(other[4], params)
