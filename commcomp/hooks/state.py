@@ -45,6 +45,7 @@ class CompressionState:
         bytes_sent: bytes this rank put on the wire in the last completed iteration.
         bytes_uncompressed: what fp32 allreduce would have sent for the same buckets.
         compression_ratio: ``bytes_uncompressed / bytes_sent`` of the last iteration.
+        total_bytes_sent, total_bytes_uncompressed: the same, summed over all iterations.
         variance_estimate: last measured ``||Q(g) - g||^2 / ||g||^2`` of a compressed bucket.
 
     Example::
@@ -73,6 +74,8 @@ class CompressionState:
         "bytes_uncompressed",
         "compression_ratio",
         "variance_estimate",
+        "total_bytes_sent",
+        "total_bytes_uncompressed",
         "_bytes_sent_running",
         "_bytes_uncompressed_running",
     )
@@ -110,6 +113,8 @@ class CompressionState:
         self.bytes_uncompressed = 0
         self.compression_ratio = 1.0
         self.variance_estimate = float("nan")
+        self.total_bytes_sent = 0
+        self.total_bytes_uncompressed = 0
         self._bytes_sent_running = 0
         self._bytes_uncompressed_running = 0
 
@@ -138,6 +143,8 @@ class CompressionState:
         self.bytes_sent = self._bytes_sent_running
         self.bytes_uncompressed = self._bytes_uncompressed_running
         self.compression_ratio = self.bytes_uncompressed / self.bytes_sent if self.bytes_sent else 1.0
+        self.total_bytes_sent += self.bytes_sent
+        self.total_bytes_uncompressed += self.bytes_uncompressed
         self._bytes_sent_running = self._bytes_uncompressed_running = 0
         update = getattr(self.quantizer, "maybe_update", None)
         if update is not None:  # a collective on refit iterations: every rank calls it, warm-up included
