@@ -189,6 +189,91 @@ COMMCOMP_HD void write_elias(BitWriter& w, uint64_t v, EliasCode code) {
   }
 }
 
+// The code of v as one integer of `length` bits (MSB-first): for v < 2^31, where every code
+// fits in 64 bits. Used to tabulate codes of small values.
+COMMCOMP_HD uint64_t elias_codeword(uint64_t v, EliasCode code, int& length) {
+  const int n = bit_length(v);
+  switch (code) {
+    case EliasCode::Gamma:
+      length = 2 * n - 1;
+      return v;
+    case EliasCode::Delta:
+      length = gamma_length(static_cast<uint64_t>(n)) + n - 1;
+      return (static_cast<uint64_t>(n) << (n - 1)) | (v & ((1ull << (n - 1)) - 1ull));
+    default: {
+      uint64_t word = 0;  // the final 0 bit
+      length = 1;
+      while (v > 1) {
+        const int groups_bits = bit_length(v);
+        word |= v << length;  // each earlier group goes above the later ones
+        length += groups_bits;
+        v = static_cast<uint64_t>(groups_bits - 1);
+      }
+      return word;
+    }
+  }
+}
+
+// Computes every code on the fly (what the CUDA kernels use).
+struct DirectCoder {
+  EliasCode code;
+  COMMCOMP_HD int length(uint64_t v) const { return elias_length(v, code); }
+  COMMCOMP_HD void write(BitWriter& w, uint64_t v) const { write_elias(w, v, code); }
+  // One (zero run + 1, index, sign) group.
+  COMMCOMP_HD int group_length(uint64_t run1, uint32_t index) const {
+    return length(run1) + length(index) + 1;
+  }
+  COMMCOMP_HD void write_group(BitWriter& w, uint64_t run1, uint32_t index, uint32_t sign) const {
+    write(w, run1);
+    write(w, index);
+    w.put(sign, 1);
+  }
+};
+
+// Looks up the codes of small values (zero runs up to kRunCodes - 1 and every level index), and
+// computes the rest: the CPU encoder's per-symbol cost is a few table loads and one shift.
+struct TableCoder {
+  static constexpr int kSmall = 256;  // > kMaxLevels: every index is tabulated
+  EliasCode code;
+  uint32_t word[kSmall];
+  uint8_t bits[kSmall];
+
+  COMMCOMP_HD explicit TableCoder(EliasCode c) : code(c) {
+    word[0] = 0;
+    bits[0] = 0;
+    for (int v = 1; v < kSmall; ++v) {
+      int length = 0;
+      word[v] = static_cast<uint32_t>(elias_codeword(static_cast<uint64_t>(v), c, length));
+      bits[v] = static_cast<uint8_t>(length);  // <= 17 for v < 256
+    }
+  }
+  COMMCOMP_HD int length(uint64_t v) const {
+    return v < kSmall ? bits[v] : elias_length(v, code);
+  }
+  COMMCOMP_HD void write(BitWriter& w, uint64_t v) const {
+    if (v < kSmall) {
+      w.put(word[v], bits[v]);
+    } else {
+      write_elias(w, v, code);
+    }
+  }
+  COMMCOMP_HD int group_length(uint64_t run1, uint32_t index) const {
+    return length(run1) + bits[index] + 1;
+  }
+  // A short run's group is at most 17 + 13 + 1 bits: one put.
+  COMMCOMP_HD void write_group(BitWriter& w, uint64_t run1, uint32_t index, uint32_t sign) const {
+    if (run1 < kSmall) {
+      const int ib = bits[index];
+      w.put((((static_cast<uint64_t>(word[run1]) << ib) | word[index]) << 1) | sign,
+            bits[run1] + ib + 1);
+    } else {
+      write_elias(w, run1, code);
+      w.put(word[index], bits[index]);
+      w.put(sign, 1);
+    }
+  }
+};
+
 // ---- Bit reader: MSB-first, bounded to [data, data + size) ---------------------------------
 
 struct BitReader {
@@ -206,7 +291,12 @@ struct BitReader {
     const int64_t byte = pos >> 3;
     uint64_t word = 0;
     if (byte + 8 <= size) {
+#if defined(__CUDA_ARCH__)
       for (int k = 0; k < 8; ++k) word = (word << 8) | data[byte + k];
+#else
+      __builtin_memcpy(&word, data + byte, 8);  // one unaligned load; the host is little-endian
+      word = __builtin_bswap64(word);
+#endif
     } else {
       for (int k = 0; k < 8; ++k) word = (word << 8) | (byte + k < size ? data[byte + k] : 0u);
     }
@@ -311,6 +401,9 @@ template <typename Visit>
 COMMCOMP_HD int64_t scan_symbols(const uint8_t* packed, int width, int64_t begin, int64_t end,
                                  Visit visit) {
   const uint64_t mask = (1ull << width) - 1ull;
+  // floor(tz / width) for tz < 64 as a multiply-shift (exact: the rounding error is < 2^-10).
+  const uint32_t reciprocal = (65536u + static_cast<uint32_t>(width) - 1u) / static_cast<uint32_t>(width);
+  const int64_t readable = packed_bytes(end, width);  // bytes that certainly exist
   int64_t run = 0;
   int64_t i = begin;
   while (i < end) {
@@ -318,19 +411,32 @@ COMMCOMP_HD int64_t scan_symbols(const uint8_t* packed, int width, int64_t begin
     const int first = static_cast<int>(i - group * kPackGroup);
     const int64_t group_end = group * kPackGroup + kPackGroup;
     const int stop = static_cast<int>((end < group_end ? end : group_end) - group * kPackGroup);
-    uint64_t bits = load_group(packed, group, stop, width);
+    uint64_t bits;
+#if !defined(__CUDA_ARCH__)
+    if (group * width + 8 <= readable) {
+      __builtin_memcpy(&bits, packed + group * width, 8);  // little-endian host: bitpack order
+    } else {
+      bits = load_group(packed, group, stop, width);
+    }
+#else
+    bits = load_group(packed, group, stop, width);
+#endif
     // The last byte loaded may hold bits of elements past `end`: drop them.
     if (stop * width < 64) bits &= (1ull << (stop * width)) - 1ull;
     bits >>= first * width;
     int k = first;
     while (bits != 0) {
-      const int skip = count_trailing_zeros64(bits) / width;
-      run += skip;
-      bits >>= skip * width;
+      if ((bits & mask) == 0) {  // dense streams rarely get here
+        const int skip = static_cast<int>(
+            (static_cast<uint32_t>(count_trailing_zeros64(bits)) * reciprocal) >> 16);
+        run += skip;
+        bits >>= skip * width;
+        k += skip;
+      }
       visit(run, static_cast<uint32_t>(bits & mask));
       run = 0;
       bits >>= width;  // width <= 8, so this never shifts by 64
-      k += skip + 1;
+      k += 1;
     }
     run += stop - k;
     i = group * kPackGroup + stop;
@@ -344,8 +450,9 @@ COMMCOMP_HD bool codable_symbol(uint32_t symbol, int num_levels) {
 }
 
 // Exact bit length of the Elias coding of elements [begin, end), or -1 if a symbol is not codable.
+template <typename Coder>
 COMMCOMP_HD int64_t elias_bucket_bits(const uint8_t* packed, int width, int num_levels,
-                                      int64_t begin, int64_t end, EliasCode code) {
+                                      int64_t begin, int64_t end, const Coder& coder) {
   int64_t bits = 0;
   bool ok = true;
   const int64_t tail = scan_symbols(packed, width, begin, end, [&](int64_t run, uint32_t symbol) {
@@ -353,25 +460,33 @@ COMMCOMP_HD int64_t elias_bucket_bits(const uint8_t* packed, int width, int num_
       ok = false;
       return;
     }
-    bits += elias_length(static_cast<uint64_t>(run) + 1, code) +
-            elias_length(symbol >> 1, code) + 1;
+    bits += coder.group_length(static_cast<uint64_t>(run) + 1, symbol >> 1);
   });
-  if (tail > 0) bits += elias_length(static_cast<uint64_t>(tail) + 1, code);
+  if (tail > 0) bits += coder.length(static_cast<uint64_t>(tail) + 1);
   return ok ? bits : -1;
+}
+
+COMMCOMP_HD int64_t elias_bucket_bits(const uint8_t* packed, int width, int num_levels,
+                                      int64_t begin, int64_t end, EliasCode code) {
+  return elias_bucket_bits(packed, width, num_levels, begin, end, DirectCoder{code});
 }
 
 // Writes the coding of elements [begin, end) (already checked by elias_bucket_bits) at `out`,
 // (elias_bucket_bits + 7) / 8 bytes.
+template <typename Coder>
 COMMCOMP_HD void elias_encode_bucket(const uint8_t* packed, int width, int64_t begin,
-                                     int64_t end, EliasCode code, uint8_t* out) {
+                                     int64_t end, const Coder& coder, uint8_t* out) {
   BitWriter w(out);
   const int64_t tail = scan_symbols(packed, width, begin, end, [&](int64_t run, uint32_t symbol) {
-    write_elias(w, static_cast<uint64_t>(run) + 1, code);
-    write_elias(w, symbol >> 1, code);
-    w.put(symbol & 1u, 1);
+    coder.write_group(w, static_cast<uint64_t>(run) + 1, symbol >> 1, symbol & 1u);
   });
-  if (tail > 0) write_elias(w, static_cast<uint64_t>(tail) + 1, code);
+  if (tail > 0) coder.write(w, static_cast<uint64_t>(tail) + 1);
   w.finish();
+}
+
+COMMCOMP_HD void elias_encode_bucket(const uint8_t* packed, int width, int64_t begin,
+                                     int64_t end, EliasCode code, uint8_t* out) {
+  elias_encode_bucket(packed, width, begin, end, DirectCoder{code}, out);
 }
 
 // ---- Packed writer: LSB-first symbols from a byte-aligned start ------------------------------
@@ -424,14 +539,67 @@ struct PackedWriter {
   }
 };
 
+// Whole (zero run, index, sign) groups that fit in the next kDecodeBits bits, looked up at once.
+// Built by enumerating the codes (elias_codeword), so it decodes exactly what read_elias would;
+// patterns that start no such group (long codes, out-of-range indices, malformed bits) have
+// bits == 0 and go through the checked slow path.
+struct DecodeTable {
+  static constexpr int kDecodeBits = 12;
+  struct Entry {
+    uint16_t run;    // zeros before the symbol
+    uint8_t symbol;  // (index << 1) | sign
+    uint8_t bits;    // total code bits, 0 = not in the table
+  };
+  Entry entry[1 << kDecodeBits];
+
+  COMMCOMP_HD DecodeTable(EliasCode code, int num_levels) {
+    for (int p = 0; p < (1 << kDecodeBits); ++p) entry[p] = Entry{0, 0, 0};
+    for (uint64_t run_code = 1; run_code < (1u << kDecodeBits); ++run_code) {
+      int run_bits = 0;
+      const uint64_t run_word = elias_codeword(run_code, code, run_bits);
+      if (run_bits + 2 > kDecodeBits) break;  // lengths grow with the value
+      for (int index = 1; index < num_levels; ++index) {
+        int index_bits = 0;
+        const uint64_t index_word = elias_codeword(static_cast<uint64_t>(index), code, index_bits);
+        const int total = run_bits + index_bits + 1;
+        if (total > kDecodeBits) break;
+        for (uint64_t sign = 0; sign < 2; ++sign) {
+          const uint64_t word = (((run_word << index_bits) | index_word) << 1) | sign;
+          const int free_bits = kDecodeBits - total;
+          const uint64_t first = word << free_bits;
+          for (uint64_t tail = 0; tail < (1ull << free_bits); ++tail) {
+            entry[first | tail] = Entry{static_cast<uint16_t>(run_code - 1),
+                                        static_cast<uint8_t>((index << 1) | sign),
+                                        static_cast<uint8_t>(total)};
+          }
+        }
+      }
+    }
+  }
+};
+
 // Decodes one bucket of `count` elements from exactly `nbytes` bytes, appending its symbols to
-// `sink`. Rejects anything the encoder would not have produced.
+// `sink`. Rejects anything the encoder would not have produced. `table` (optional, built for the
+// same code and level count) only speeds up the common short codes.
 COMMCOMP_HD EliasStatus elias_decode_bucket(const uint8_t* data, int64_t nbytes, int64_t count,
                                             int num_levels, int width, EliasCode code,
-                                            PackedWriter& sink) {
+                                            PackedWriter& sink,
+                                            const DecodeTable* table = nullptr) {
   BitReader r(data, nbytes);
   int64_t done = 0;
   while (done < count) {
+    if (table != nullptr && r.remaining() >= DecodeTable::kDecodeBits) {
+      const DecodeTable::Entry e = table->entry[r.peek() >> (64 - DecodeTable::kDecodeBits)];
+      // A group whose symbol would land at or past the bucket end is a final run (or an
+      // error): the slow path decides.
+      if (e.bits != 0 && e.run < count - done) {
+        if (e.run != 0) sink.zeros(static_cast<int64_t>(e.run) * width);
+        sink.put(e.symbol, width);
+        r.pos += e.bits;
+        done += e.run + 1;
+        continue;
+      }
+    }
     uint64_t v = 0;
     EliasStatus s = read_elias(r, code, static_cast<uint64_t>(count - done) + 1, v);
     if (s != EliasStatus::Ok) return s;

@@ -1,0 +1,351 @@
+"""Wire format of a quantized tensor: a versioned header, per-bucket norms, and the symbol stream
+coded either at fixed width or with Elias codes (QSGD §3.2 / NUQSGD §4).
+
+Layout (all integers and floats little-endian; see ``docs/codecs.md`` for the field table)::
+
+    header (36 bytes) | level table (float32 x levels, table kind only) | norms (float32 x buckets)
+    | bucket byte lengths (uint16/uint32 x buckets, Elias only) | symbol stream
+
+Codings:
+
+* ``"fixed"`` — the packed ``(index << 1) | sign`` symbols of :func:`commcomp.ops.quantize`,
+  ``bits`` per coordinate.
+* ``"elias-gamma"``, ``"elias-delta"``, ``"elias-omega"`` — per bucket, each nonzero symbol as
+  (Elias code of the zero run before it + 1, Elias code of its level index, raw sign bit), and a
+  final zero run if the bucket ends in zeros. Buckets are byte-aligned, so both directions run in
+  parallel over buckets; sparse or low-magnitude gradients cost far fewer bits than ``bits``.
+
+:func:`decode` treats the payload as hostile: every header field, section length, norm and code
+is checked before use, and any inconsistency raises ``ValueError``. The element count it will
+allocate for is capped by ``max_numel`` (or pinned by ``numel``) because an Elias payload of a few
+bytes can legitimately describe millions of zeros.
+
+Example::
+
+    >>> import torch
+    >>> from commcomp import NUQSGD, codecs
+    >>> q = NUQSGD(bits=4, bucket_size=512)
+    >>> x = torch.randn(10_000)
+    >>> x[::2] = 0                                  # e.g. dead ReLU units
+    >>> payload = codecs.encode_tensor(x, q, seed=0, coding="elias-gamma")
+    >>> fixed = codecs.encode_tensor(x, q, seed=0, coding="fixed")
+    >>> payload.dtype, payload.numel() < 0.85 * fixed.numel()
+    (torch.uint8, True)
+    >>> x_hat = codecs.decode_tensor(payload, q)
+    >>> bool(torch.equal(x_hat, q.dequantize(q.quantize(x, seed=0))))
+    True
+"""
+from __future__ import annotations
+
+import functools
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from . import _codec_ops, ops
+from .quantizers import Levels, QuantizedTensor, Quantizer
+
+__all__ = [
+    "CODINGS",
+    "MAGIC",
+    "VERSION",
+    "DEFAULT_MAX_NUMEL",
+    "PayloadHeader",
+    "read_header",
+    "encode",
+    "decode",
+    "encode_tensor",
+    "decode_tensor",
+]
+
+if sys.byteorder != "little":  # norms are reinterpreted in place as little-endian float32
+    raise ImportError("commcomp.codecs supports little-endian hosts only")
+
+Coding = Literal["fixed", "elias-gamma", "elias-delta", "elias-omega"]
+CODINGS: dict[str, int] = {"fixed": 0, "elias-gamma": 1, "elias-delta": 2, "elias-omega": 3}
+_CODING_NAMES = {v: k for k, v in CODINGS.items()}
+
+MAGIC = b"CCQW"
+VERSION = 1
+# A decoded tensor may hold at most this many elements unless the caller raises the cap: 2^27
+# float32 values are 512 MiB, well above a DDP bucket (25 MiB by default).
+DEFAULT_MAX_NUMEL = 1 << 27
+
+# magic, version, coding, levels kind, levels, bits, dtype, length bytes, reserved,
+# bucket size, numel, stream bytes, CRC-32 of the level table.
+_HEADER = struct.Struct("<4sBBBBBBBBIQQI")
+HEADER_BYTES = _HEADER.size  # 36: keeps the float32 sections 4-byte aligned
+
+_UNIFORM, _EXPONENTIAL, _TABLE = 1, 2, 3
+_LEVEL_KIND_NAMES = {_UNIFORM: "uniform", _EXPONENTIAL: "exponential", _TABLE: "table"}
+_DTYPES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
+_DTYPE_OF_CODE = {v: k for k, v in _DTYPES.items()}
+_MAX_BUCKET_SIZE = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class PayloadHeader:
+    """The fixed fields at the start of a payload, as read (and range-checked) by :func:`read_header`."""
+
+    coding: str
+    levels_kind: str  # "uniform" (QSGD), "exponential" (NUQSGD) or "table" (embedded, e.g. ALQ)
+    num_levels: int
+    bits: int
+    dtype: torch.dtype
+    length_bytes: int  # bytes per bucket length (Elias), 0 for fixed
+    bucket_size: int
+    numel: int
+    stream_bytes: int
+    levels_crc: int
+
+    @property
+    def num_buckets(self) -> int:
+        return (self.numel + self.bucket_size - 1) // self.bucket_size
+
+    def section_sizes(self) -> tuple[int, int, int, int]:
+        """Bytes of (level table, norms, bucket lengths, stream) this header announces."""
+        table = 4 * self.num_levels if self.levels_kind == "table" else 0
+        return table, 4 * self.num_buckets, self.length_bytes * self.num_buckets, self.stream_bytes
+
+    @property
+    def payload_bytes(self) -> int:
+        return HEADER_BYTES + sum(self.section_sizes())
+
+
+def _levels_bytes(levels: Levels) -> bytes:
+    return struct.pack(f"<{len(levels)}f", *levels.values)
+
+
+@functools.lru_cache(maxsize=None)
+def _named_levels(kind: int, count: int) -> Levels:
+    # Cached: building a Levels rounds every value through float32, too slow for a hot path.
+    return Levels.uniform(count) if kind == _UNIFORM else Levels.exponential(count)
+
+
+def _levels_kind(levels: Levels) -> int:
+    # Named families travel as (kind, count); anything else carries its table.
+    for kind in (_UNIFORM, _EXPONENTIAL):
+        if levels == _named_levels(kind, len(levels)):
+            return kind
+    return _TABLE
+
+
+def _check_quantized(q: QuantizedTensor) -> int:
+    if not isinstance(q, QuantizedTensor):
+        raise ValueError(f"q must be a QuantizedTensor, got {type(q).__name__}")
+    if not isinstance(q.numel, int) or q.numel < 0:
+        raise ValueError(f"q.numel must be a non-negative int, got {q.numel!r}")
+    if not isinstance(q.bucket_size, int) or not 1 <= q.bucket_size <= _MAX_BUCKET_SIZE:
+        raise ValueError(f"q.bucket_size must be an int in [1, 2^32), got {q.bucket_size!r}")
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"q.dtype must be one of {list(_DTYPES)}, got {q.dtype}")
+    buckets = (q.numel + q.bucket_size - 1) // q.bucket_size
+    width = q.levels.bits
+    if q.norms.dtype != torch.float32 or q.norms.shape != (buckets,):
+        raise ValueError(f"q.norms must be float32 of shape ({buckets},), got {q.norms.dtype} {tuple(q.norms.shape)}")
+    if q.symbols.dtype != torch.uint8 or q.symbols.shape != (ops.packed_bytes(q.numel, width),):
+        raise ValueError(
+            f"q.symbols must be uint8 of shape ({ops.packed_bytes(q.numel, width)},) for {q.numel} symbols of "
+            f"{width} bits, got {q.symbols.dtype} {tuple(q.symbols.shape)}"
+        )
+    if q.norms.device != q.symbols.device:
+        raise ValueError(f"q.norms and q.symbols must share a device, got {q.norms.device} and {q.symbols.device}")
+    return width
+
+
+def _le_bytes(values: torch.Tensor, nbytes: int) -> torch.Tensor:
+    """int64 values -> their low ``nbytes`` bytes each, little-endian, as one uint8 tensor."""
+    return torch.stack([(values >> (8 * k)) & 0xFF for k in range(nbytes)], dim=1).to(torch.uint8).reshape(-1)
+
+
+def _from_le_bytes(raw: torch.Tensor, nbytes: int) -> torch.Tensor:
+    b = raw.to(torch.int64).view(-1, nbytes)
+    out = b[:, 0].clone()
+    for k in range(1, nbytes):
+        out |= b[:, k] << (8 * k)
+    return out
+
+
+def encode(q: QuantizedTensor, coding: Coding = "fixed") -> torch.Tensor:
+    """Serialize ``q`` into one uint8 tensor on ``q``'s device (see the module docstring).
+
+    Raises ``ValueError`` for an unknown ``coding`` or an inconsistent ``q``.
+    """
+    if coding not in CODINGS:
+        raise ValueError(f"coding must be one of {list(CODINGS)}, got {coding!r}")
+    width = _check_quantized(q)
+    device = q.symbols.device
+    kind = _levels_kind(q.levels)
+    table = _levels_bytes(q.levels)
+    symbols = q.symbols.contiguous()
+    if coding == "fixed":
+        length_bytes, lengths, stream = 0, None, symbols
+    else:
+        counts, stream = _codec_ops.elias_encode(
+            symbols, len(q.levels), q.bucket_size, q.numel, coding.removeprefix("elias-")  # type: ignore[arg-type]
+        )
+        # A bucket's code is at most ~2 bytes per element; 16-bit lengths cover typical buckets.
+        length_bytes = 2 if counts.numel() == 0 or int(counts.max()) < 2**16 else 4
+        lengths = _le_bytes(counts, length_bytes)
+    header = _HEADER.pack(
+        MAGIC, VERSION, CODINGS[coding], kind, len(q.levels), width, _DTYPES[q.dtype], length_bytes, 0,
+        q.bucket_size, q.numel, stream.numel(), zlib.crc32(table),
+    )
+    parts = [torch.frombuffer(bytearray(header), dtype=torch.uint8).to(device)]
+    if kind == _TABLE:
+        parts.append(torch.frombuffer(bytearray(table), dtype=torch.uint8).to(device))
+    parts.append(q.norms.contiguous().view(torch.uint8))
+    if lengths is not None:
+        parts.append(lengths)
+    parts.append(stream)
+    return torch.cat(parts)
+
+
+def _fail(msg: str) -> None:
+    raise ValueError(f"malformed payload: {msg}")
+
+
+def read_header(payload: torch.Tensor) -> PayloadHeader:
+    """Parse and range-check the header of ``payload`` (a 1-D uint8 tensor). Raises ``ValueError``."""
+    if not isinstance(payload, torch.Tensor):
+        raise ValueError(f"payload must be a torch.Tensor, got {type(payload).__name__}")
+    if payload.dtype != torch.uint8 or payload.dim() != 1:
+        raise ValueError(f"payload must be a 1-D uint8 tensor, got {payload.dtype} of shape {tuple(payload.shape)}")
+    if payload.numel() < HEADER_BYTES:
+        _fail(f"{payload.numel()} bytes is shorter than the {HEADER_BYTES}-byte header (truncated)")
+    raw = payload[:HEADER_BYTES].cpu().numpy().tobytes()
+    (magic, version, coding, kind, num_levels, bits, dtype, length_bytes, reserved,
+     bucket_size, numel, stream_bytes, crc) = _HEADER.unpack(raw)
+    if magic != MAGIC:
+        _fail(f"bad magic {magic!r}, expected {MAGIC!r} (not a commcomp payload)")
+    if version != VERSION:
+        _fail(f"unsupported format version {version}, this build reads version {VERSION}")
+    if coding not in _CODING_NAMES:
+        _fail(f"unknown coding id {coding}")
+    if kind not in _LEVEL_KIND_NAMES:
+        _fail(f"unknown levels kind {kind}")
+    if not 2 <= num_levels <= 2 ** (8 - 1):
+        _fail(f"level count {num_levels} outside [2, 128]")
+    if bits != ops.symbol_width(num_levels):
+        _fail(f"bits={bits} disagrees with {num_levels} levels (expected {ops.symbol_width(num_levels)})")
+    if dtype not in _DTYPE_OF_CODE:
+        _fail(f"unknown dtype code {dtype}")
+    is_fixed = coding == CODINGS["fixed"]
+    if length_bytes not in ((0,) if is_fixed else (2, 4)):
+        _fail(f"bucket length field of {length_bytes} bytes is invalid for coding {_CODING_NAMES[coding]!r}")
+    if reserved != 0:
+        _fail(f"reserved byte is {reserved}, expected 0")
+    if bucket_size == 0:
+        _fail("bucket size 0")
+    if is_fixed and stream_bytes != ops.packed_bytes(numel, bits):
+        _fail(f"fixed-width stream of {stream_bytes} bytes cannot hold {numel} symbols of {bits} bits")
+    return PayloadHeader(
+        _CODING_NAMES[coding], _LEVEL_KIND_NAMES[kind], num_levels, bits, _DTYPE_OF_CODE[dtype], length_bytes,
+        bucket_size, numel, stream_bytes, crc,
+    )
+
+
+def decode(
+    payload: torch.Tensor,
+    expected: Quantizer | None = None,
+    *,
+    numel: int | None = None,
+    max_numel: int = DEFAULT_MAX_NUMEL,
+) -> QuantizedTensor:
+    """Parse and validate a payload of :func:`encode` back into a :class:`QuantizedTensor`.
+
+    Args:
+        payload: 1-D uint8 tensor (CPU or CUDA), e.g. received from another rank.
+        expected: if given, the payload's bucket size and level table must equal this quantizer's.
+        numel: if given, the payload must hold exactly this many elements.
+        max_numel: upper bound on the element count a payload may announce (the decoder allocates
+            for that many symbols).
+
+    Raises ``ValueError`` (message starting "malformed payload") on any inconsistency: size,
+    magic, version, field ranges, level table, norms (finite, >= 0), bucket lengths, codes.
+    """
+    h = read_header(payload)
+    if numel is not None and h.numel != numel:
+        _fail(f"holds {h.numel} elements, expected {numel}")
+    if h.numel > max_numel:
+        _fail(f"announces {h.numel} elements, above max_numel={max_numel}")
+    if expected is not None and h.bucket_size != expected.bucket_size:
+        _fail(f"bucket size {h.bucket_size} differs from the expected quantizer's {expected.bucket_size}")
+    if payload.numel() != h.payload_bytes:
+        what = "truncated" if payload.numel() < h.payload_bytes else "oversized"
+        _fail(f"{payload.numel()} bytes but the header announces {h.payload_bytes} ({what})")
+
+    table_bytes, norm_bytes, length_bytes, _ = h.section_sizes()
+    at = HEADER_BYTES
+    if h.levels_kind == "table":
+        table = payload[at : at + table_bytes].cpu().numpy().tobytes()
+        at += table_bytes
+        values = struct.unpack(f"<{h.num_levels}f", table)
+        try:
+            levels = Levels(values)
+        except ValueError as err:
+            raise ValueError(f"malformed payload: level table is invalid: {err}") from None
+    else:
+        levels = _named_levels(_UNIFORM if h.levels_kind == "uniform" else _EXPONENTIAL, h.num_levels)
+    if zlib.crc32(_levels_bytes(levels)) != h.levels_crc:
+        _fail("level table CRC mismatch: the sender used different levels")
+    if _LEVEL_KIND_NAMES[_levels_kind(levels)] != h.levels_kind:
+        _fail(f"levels of kind {h.levels_kind!r} are those of another kind (non-canonical payload)")
+    if expected is not None and expected.levels != levels:
+        _fail(f"level table differs from the expected quantizer's ({expected!r})")
+
+    norms = payload[at : at + norm_bytes].clone().view(torch.float32)
+    at += norm_bytes
+    if norms.numel() and not bool(torch.isfinite(norms).all() & (norms >= 0).all()):
+        _fail("norms must be finite and >= 0")
+
+    if h.coding == "fixed":
+        symbols = payload[at:].clone()
+        _check_fixed_stream(symbols, h)
+    else:
+        lengths = _from_le_bytes(payload[at : at + length_bytes], h.length_bytes)
+        if h.length_bytes == 4 and (lengths.numel() == 0 or int(lengths.max()) < 2**16):
+            _fail("32-bit bucket lengths where 16-bit ones fit (non-canonical payload)")
+        at += length_bytes
+        try:
+            symbols = _codec_ops.elias_decode(
+                lengths, payload[at:], h.num_levels, h.bucket_size, h.numel, h.coding.removeprefix("elias-")  # type: ignore[arg-type]
+            )
+        except ValueError as err:
+            raise ValueError(f"malformed payload: {err}") from None
+    return QuantizedTensor(norms, symbols, h.numel, h.bucket_size, levels, h.dtype)
+
+
+def _check_fixed_stream(symbols: torch.Tensor, h: PayloadHeader) -> None:
+    used = h.numel * h.bits
+    if used % 8 and int(symbols[-1]) >> (used % 8):
+        _fail("padding bits after the last fixed-width symbol are not zero")
+    if h.num_levels < 2 ** (h.bits - 1):  # some index values name no level
+        index = ops.unpack_symbols(symbols, h.bits, h.numel) >> 1
+        if index.numel() and int(index.max()) >= h.num_levels:
+            _fail(f"a symbol names level index {int(index.max())} but there are {h.num_levels} levels")
+
+
+def encode_tensor(
+    x: torch.Tensor, quantizer: Quantizer, seed: int = 0, offset: int = 0, coding: Coding = "fixed"
+) -> torch.Tensor:
+    """Quantize ``x`` with ``quantizer`` at Philox stream ``(seed, offset)`` and :func:`encode` it."""
+    return encode(quantizer.quantize(x, seed, offset), coding)
+
+
+def decode_tensor(
+    payload: torch.Tensor,
+    quantizer: Quantizer | None = None,
+    *,
+    numel: int | None = None,
+    max_numel: int = DEFAULT_MAX_NUMEL,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """:func:`decode` and dequantize: a flat tensor of ``dtype`` (default: the sender's dtype)."""
+    q = decode(payload, quantizer, numel=numel, max_numel=max_numel)
+    out = ops.dequantize(q.norms, q.symbols, q.levels.tensor(q.norms.device), q.bucket_size, q.numel)
+    return out.to(dtype or q.dtype)
