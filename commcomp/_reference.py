@@ -84,7 +84,8 @@ def quantize_symbols(
     r = torch.clamp(x.abs() / safe_n, max=1.0)
     j = torch.clamp(torch.searchsorted(levels, r, right=True) - 1, 0, count - 2)
     lo, hi = levels[j], levels[j + 1]
-    p = (r - lo) / (hi - lo)
+    inv_width = 1.0 / (levels[1:] - levels[:-1])  # float32, as LevelTable.inv_width
+    p = (r - lo) * inv_width[j]
     index = j + (uniforms(seed, offset, x.numel()) < p).to(torch.int64)
     index = torch.where(n > 0, index, torch.zeros_like(index))
     sign = ((index != 0) & (x < 0)).to(torch.int64)

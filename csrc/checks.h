@@ -64,6 +64,7 @@ inline LevelTable level_table_from(const at::Tensor& levels) {
   }
   table.count = static_cast<int>(count);
   table.index_bits = index_bits_for(table.count);
+  fill_inverse_widths(table);
   return table;
 }
 

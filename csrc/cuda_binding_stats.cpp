@@ -1,7 +1,7 @@
 // CUDA binding of level_stats: validates tensors, then enqueues the torch-free kernels of
 // csrc/cuda/stats.cu on the current stream. Compiled only in CUDA builds.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -36,7 +36,7 @@ at::Tensor level_stats_cuda(const at::Tensor& x, const at::Tensor& norms, int64_
       x.data_ptr(), stats_element(x.scalar_type()), x.numel(), norms.data_ptr<float>(),
       bucket_size, max_norm.data_ptr<float>(), static_cast<int>(bins),
       reinterpret_cast<unsigned long long*>(scratch.data_ptr<int64_t>()),
-      out.data_ptr<double>(), at::cuda::getCurrentCUDAStream());
+      out.data_ptr<double>(), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "level_stats: CUDA launch failed: ", cudaGetErrorString(err));
   return out;
 }

@@ -12,6 +12,7 @@ constexpr int kMaxLevels = 128;  // 7 index bits + 1 sign bit = one byte per sym
 // Passed by value to kernels (fits in CUDA's kernel-parameter space).
 struct LevelTable {
   float value[kMaxLevels];
+  float inv_width[kMaxLevels];  // 1 / (value[j+1] - value[j]) in float32: a multiply, not a divide, per coordinate
   int count;       // number of levels, 2..kMaxLevels
   int index_bits;  // ceil(log2(count))
 };
@@ -27,18 +28,24 @@ COMMCOMP_HD int index_bits_for(int count) {
 COMMCOMP_HD int symbol_width_for(int count) { return index_bits_for(count) + 1; }
 
 // Largest j in [0, count-2] with value[j] <= r: the left end of the interval holding r.
-// r is expected in [0, 1]; NaN lands in interval 0, never out of bounds.
+// r is expected in [0, 1]; NaN lands in interval 0, never out of bounds. Branch-free (conditional
+// moves): gradient magnitudes are random, so a branchy search would mispredict at every step.
 COMMCOMP_HD int find_interval(const float* value, int count, float r) {
-  int lo = 0, hi = count - 2;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (value[mid] <= r) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
+  int lo = 0;
+  int len = count - 1;  // candidates lo .. lo + len - 1
+  while (len > 1) {
+    const int half = len >> 1;
+    lo = value[lo + half] <= r ? lo + half : lo;
+    len -= half;
   }
   return lo;
+}
+
+// Fills inv_width from value (count entries); shared by every backend so all round it alike.
+COMMCOMP_HD void fill_inverse_widths(LevelTable& table) {
+  for (int j = 0; j + 1 < table.count; ++j) {
+    table.inv_width[j] = fdiv_rn(1.0f, fsub_rn(table.value[j + 1], table.value[j]));
+  }
 }
 
 // Exact powers of two for exponential tables, computed without libm so host and device agree.

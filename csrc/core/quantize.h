@@ -39,12 +39,14 @@ COMMCOMP_HD float norm_combine_lanes(float* lanes, NormKind kind) {
   return norm_finish(lanes[0], kind);
 }
 
-// `u` is a uniform in [0, 1) from the Philox stream of this coordinate.
-COMMCOMP_HD uint32_t quantize_one(float x, float norm, const float* levels, int count, float u) {
+// `u` is a uniform in [0, 1) from the Philox stream of this coordinate; `inv_width` as in
+// LevelTable.
+COMMCOMP_HD uint32_t quantize_one(float x, float norm, const float* levels, const float* inv_width,
+                                  int count, float u) {
   if (!(norm > 0.0f)) return 0u;  // zero bucket (or NaN norm): everything decodes to zero
   const float r = fmin_hd(fdiv_rn(fabs_hd(x), norm), 1.0f);
   const int j = find_interval(levels, count, r);
-  const float p = fdiv_rn(fsub_rn(r, levels[j]), fsub_rn(levels[j + 1], levels[j]));
+  const float p = fmul_rn(fsub_rn(r, levels[j]), inv_width[j]);
   const uint32_t index = static_cast<uint32_t>(j) + (u < p ? 1u : 0u);
   const uint32_t sign = (index != 0u && x < 0.0f) ? 1u : 0u;
   return (index << 1) | sign;
@@ -63,22 +65,40 @@ COMMCOMP_HD float dequantize_one(uint32_t symbol, float norm, const float* level
 
 namespace commcomp {
 
+// Bucket index of increasing element indices with one division per group instead of one per
+// element (a 64-bit division costs more than the rest of the per-element work).
+struct BucketCursor {
+  int64_t bucket, next_start, bucket_size;
+  COMMCOMP_HD BucketCursor(int64_t first, int64_t size)
+      : bucket(first / size), next_start((first / size + 1) * size), bucket_size(size) {}
+  COMMCOMP_HD int64_t at(int64_t i) {
+    while (i >= next_start) {
+      ++bucket;
+      next_start += bucket_size;
+    }
+    return bucket;
+  }
+};
+
 // One packing group: quantizes elements [8*group, 8*group + n) and returns their packed bits.
 // `load(i)` returns element i as float; `norms` holds one norm per bucket. Shared verbatim by the
 // CPU loop and the CUDA kernel so both produce the same bytes.
 template <typename Load>
 COMMCOMP_HD uint64_t quantize_group(Load load, int64_t group, int n, const float* norms,
-                                    int64_t bucket_size, const float* levels, int count,
-                                    int width, uint64_t seed, uint64_t offset) {
+                                    int64_t bucket_size, const float* levels,
+                                    const float* inv_width, int count, int width, uint64_t seed,
+                                    uint64_t offset) {
   uint32_t symbols[kPackGroup] = {0, 0, 0, 0, 0, 0, 0, 0};
   const int64_t first = group * kPackGroup;
+  BucketCursor bucket(first, bucket_size);
   for (int half = 0; half < 2; ++half) {
     if (half * 4 >= n) break;
     float u[4];
     uniforms4(seed, offset, static_cast<uint64_t>(first / 4 + half), u);
     for (int k = half * 4; k < n && k < half * 4 + 4; ++k) {
       const int64_t i = first + k;
-      symbols[k] = quantize_one(load(i), norms[i / bucket_size], levels, count, u[k - half * 4]);
+      symbols[k] = quantize_one(load(i), norms[bucket.at(i)], levels, inv_width, count,
+                                u[k - half * 4]);
     }
   }
   return pack_group(symbols, n, width);
@@ -93,6 +113,7 @@ COMMCOMP_HD bool dequantize_group(uint64_t bits, int64_t group, int n, const flo
                                   int width, Emit emit) {
   bool ok = true;
   const int64_t first = group * kPackGroup;
+  BucketCursor bucket(first, bucket_size);
   for (int k = 0; k < n; ++k) {
     const uint32_t symbol = group_symbol(bits, k, width);
     const int64_t i = first + k;
@@ -100,7 +121,7 @@ COMMCOMP_HD bool dequantize_group(uint64_t bits, int64_t group, int n, const flo
       ok = false;
       emit(i, 0.0f);
     } else {
-      emit(i, dequantize_one(symbol, norms[i / bucket_size], levels));
+      emit(i, dequantize_one(symbol, norms[bucket.at(i)], levels));
     }
   }
   return ok;

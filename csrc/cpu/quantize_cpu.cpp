@@ -70,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
       for (int64_t g = begin; g < end; ++g) {
         const int size = group_size(g, n);
         const uint64_t bits = quantize_group(load, g, size, norm_ptr, bucket_size, table.value,
-                                             table.count, width, static_cast<uint64_t>(seed),
+                                             table.inv_width, table.count, width, static_cast<uint64_t>(seed),
                                              static_cast<uint64_t>(offset));
         store_group(out, g, bits, size, width);
       }

@@ -46,8 +46,11 @@ __global__ void bucket_norms_kernel(const T* __restrict__ x, int64_t n, int64_t 
 }
 
 // Level tables are read with data-dependent indices: stage them in shared memory.
-__device__ void stage_levels(const LevelTable& table, float* shared) {
-  for (int j = threadIdx.x; j < table.count; j += blockDim.x) shared[j] = table.value[j];
+__device__ void stage_levels(const LevelTable& table, float* shared, float* shared_inv_width) {
+  for (int j = threadIdx.x; j < table.count; j += blockDim.x) {
+    shared[j] = table.value[j];
+    if (shared_inv_width != nullptr) shared_inv_width[j] = table.inv_width[j];
+  }
   __syncthreads();
 }
 
@@ -57,15 +60,16 @@ __global__ void quantize_kernel(const T* __restrict__ x, int64_t n, int64_t buck
                                 const float* __restrict__ norms, LevelTable table, uint64_t seed,
                                 uint64_t offset, uint8_t* __restrict__ symbols) {
   __shared__ float levels[kMaxLevels];
-  stage_levels(table, levels);
+  __shared__ float inv_width[kMaxLevels];
+  stage_levels(table, levels, inv_width);
   const int width = table.index_bits + 1;
   const int64_t groups = group_count(n);
   auto load = [x](int64_t i) { return to_float(x[i]); };
   for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups;
        g += (int64_t)gridDim.x * blockDim.x) {
     const int size = group_size(g, n);
-    const uint64_t bits = quantize_group(load, g, size, norms, bucket_size, levels, table.count,
-                                         width, seed, offset);
+    const uint64_t bits = quantize_group(load, g, size, norms, bucket_size, levels, inv_width,
+                                         table.count, width, seed, offset);
     store_group(symbols, g, bits, size, width);
   }
 }
@@ -75,7 +79,7 @@ __global__ void dequantize_accumulate_kernel(float* __restrict__ out, int64_t n,
                                              LevelTable table, float scale, bool assign_first,
                                              int* invalid) {
   __shared__ float levels[kMaxLevels];
-  stage_levels(table, levels);
+  stage_levels(table, levels, nullptr);
   const int width = table.index_bits + 1;
   const int64_t groups = group_count(n);
   for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups;

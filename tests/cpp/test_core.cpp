@@ -79,6 +79,7 @@ static void test_find_interval() {
 
 static void test_quantize_one_unbiased() {
   const float levels[] = {0.0f, 0.25f, 0.5f, 1.0f};
+  const float inv_width[] = {4.0f, 4.0f, 2.0f};
   const float norm = 2.0f, x = -0.7f;  // r = 0.35 between 0.25 and 0.5
   double sum = 0.0;
   const int trials = 200000;
@@ -86,7 +87,7 @@ static void test_quantize_one_unbiased() {
     float u[4];
     uniforms4(3, 0, t / 4, u);
     for (float v : u) {
-      const uint32_t s = quantize_one(x, norm, levels, 4, v);
+      const uint32_t s = quantize_one(x, norm, levels, inv_width, 4, v);
       CHECK(symbol_index(s) == 1 || symbol_index(s) == 2);
       CHECK(symbol_negative(s));
       sum += dequantize_one(s, norm, levels);
@@ -94,8 +95,8 @@ static void test_quantize_one_unbiased() {
   }
   // Var per draw = norm^2 (r - 0.25)(0.5 - r) = 0.09; 6 standard errors.
   CHECK(std::fabs(sum / trials - x) < 6 * std::sqrt(0.09 / trials));
-  CHECK(quantize_one(1.0f, 0.0f, levels, 4, 0.5f) == 0u);  // zero bucket
-  CHECK(quantize_one(-0.0f, 1.0f, levels, 4, 0.0f) == 0u);  // zero keeps sign 0
+  CHECK(quantize_one(1.0f, 0.0f, levels, inv_width, 4, 0.5f) == 0u);  // zero bucket
+  CHECK(quantize_one(-0.0f, 1.0f, levels, inv_width, 4, 0.0f) == 0u);  // zero keeps sign 0
 }
 
 int main() {
