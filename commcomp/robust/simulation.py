@@ -1,0 +1,195 @@
+"""Simulate ``n`` workers, ``f`` of them Byzantine, training one model in one process.
+
+Each step every worker draws a minibatch from its own i.i.d. shard and computes its gradient
+(all workers at once with ``torch.func.vmap``); the Byzantine workers' gradients are replaced
+by the attack's output; non-finite rows go through :func:`~commcomp.robust.validation.sanitize`;
+the defence aggregates; a server SGD step applies the result. This is the setting of the
+robust-aggregation papers (Krum, Bulyan, IPM, ALIE, MixTailor).
+
+Example::
+
+    >>> import torch
+    >>> from commcomp.data import load_digits_tensors
+    >>> from commcomp.robust import CoordinateMedian, IPM
+    >>> from commcomp.robust.simulation import SimulationConfig, simulate
+    >>> train, test = load_digits_tensors(flat=True)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(64, 10))
+    >>> cfg = SimulationConfig(num_workers=5, num_byzantine=1, steps=20)
+    >>> result = simulate(model, train, test, CoordinateMedian(), IPM(0.1), cfg)
+    >>> 0.0 <= result.final_accuracy <= 1.0
+    True
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad_and_value, vmap
+
+from ..data import Split
+from .aggregators import Aggregator
+from .attacks import Attack, flip_labels
+from .validation import InvalidPolicy, check_f, sanitize
+
+__all__ = ["SimulationConfig", "SimulationResult", "simulate", "evaluate"]
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Hyperparameters of one simulated run.
+
+    Attributes:
+        num_workers: n, all workers (honest and Byzantine).
+        num_byzantine: how many of them the attack controls (the last ones).
+        tolerance: the f the aggregator is told (default: ``num_byzantine``).
+        batch_size: per-worker minibatch.
+        steps: server steps.
+        lr, momentum, weight_decay: server SGD on the aggregated gradient.
+        eval_every: test accuracy every this many steps (and at the end).
+        seed: model init, shards and minibatches.
+        invalid_policy: what :func:`sanitize` does with non-finite rows.
+    """
+
+    num_workers: int = 12
+    num_byzantine: int = 2
+    tolerance: int | None = None
+    batch_size: int = 32
+    steps: int = 300
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    eval_every: int = 50
+    seed: int = 0
+    invalid_policy: InvalidPolicy = "drop"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_workers, int) or self.num_workers < 1:
+            raise ValueError(f"num_workers must be an int >= 1, got {self.num_workers!r}")
+        check_f(self.num_byzantine, self.num_workers)
+        if self.tolerance is not None:
+            check_f(self.tolerance, self.num_workers)
+        for name in ("batch_size", "steps", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
+    @property
+    def f(self) -> int:
+        return self.num_byzantine if self.tolerance is None else self.tolerance
+
+
+@dataclass
+class SimulationResult:
+    """History of one run: ``steps[i]`` -> ``test_accuracy[i]``, ``train_loss[i]`` (honest
+    workers' mean minibatch loss at that step). ``rejected_rows`` counts rows
+    :func:`sanitize` removed or zeroed, ``skipped_steps`` steps where no row was valid, and
+    ``diverged_at`` the step at which the honest gradients became non-finite (training stops
+    there and the last entry is the accuracy of the diverged model)."""
+
+    steps: list[int] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    rejected_rows: int = 0
+    skipped_steps: int = 0
+    diverged_at: int | None = None
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.test_accuracy[-1]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: Split, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy of ``model`` on ``split``."""
+    model.eval()
+    pred = model(split.x.to(device)).argmax(dim=1)
+    return float((pred == split.y.to(device)).float().mean())
+
+
+def _shards(num_samples: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    per = num_samples // n
+    if per < 1:
+        raise ValueError(f"{num_samples} training samples cannot be split over num_workers={n}")
+    return torch.randperm(num_samples, generator=gen)[: n * per].view(n, per)
+
+
+def simulate(
+    model: torch.nn.Module,
+    train: Split,
+    test: Split,
+    aggregator: Aggregator,
+    attack: Attack | None,
+    config: SimulationConfig,
+    device: torch.device | str = "cpu",
+    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+) -> SimulationResult:
+    """Train ``model`` (in place) with ``config.num_workers`` simulated workers.
+
+    The aggregator sees the honest rows first and the Byzantine rows last; every rule here is
+    permutation invariant up to ties. ``progress`` wraps the step range (e.g. tqdm).
+    """
+    n, byz, f = config.num_workers, config.num_byzantine, config.f
+    if byz > 0 and attack is None:
+        raise ValueError("attack must be given when num_byzantine > 0")
+    aggregator.check_workers(n, f)
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(config.seed)
+    model.to(device)
+    shards = _shards(len(train), n, gen)
+    x_all, y_all = train.x.to(device), train.y.to(device)
+    num_classes = train.num_classes
+    attack_gen = torch.Generator().manual_seed(config.seed + 1)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    sizes = [p.numel() for p in params]
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+    def loss_fn(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, p, (x,)), y)
+
+    # one vmapped call computes every worker's gradient (and loss) on its own minibatch
+    per_worker = vmap(grad_and_value(loss_fn), in_dims=(None, 0, 0))
+
+    result = SimulationResult()
+    steps: Iterable[int] = range(config.steps)
+    for step in progress(steps) if progress else steps:
+        model.train()
+        cols = torch.randint(shards.shape[1], (n, config.batch_size), generator=gen)
+        idx = shards.gather(1, cols).to(device)
+        xb, yb = x_all[idx], y_all[idx]
+        if attack is not None and attack.corrupts_labels and byz:
+            yb[n - byz :] = flip_labels(yb[n - byz :], num_classes)
+        detached = {k: p.detach() for k, p in zip(names, params)}
+        grads_dict, losses = per_worker(detached, xb, yb)
+        grads = torch.cat([grads_dict[k].reshape(n, -1) for k in names], dim=1)
+        honest = grads[: n - byz]
+        if not bool(torch.isfinite(honest).all()):
+            # the model itself has blown up (e.g. under a successful attack): nothing left to train
+            result.diverged_at = step
+            break
+        if byz:
+            sent = attack(honest, byz, own=grads[n - byz :], aggregator=aggregator, tolerance=f, generator=attack_gen)
+            grads = torch.cat([honest, sent.to(grads.dtype)])
+        rows, f_eff, bad = sanitize(grads, f, config.invalid_policy)
+        result.rejected_rows += int(bad.sum())
+        if rows.shape[0] == 0:
+            result.skipped_steps += 1
+        else:
+            agg = aggregator(rows, f_eff)
+            for p, g in zip(params, agg.split(sizes)):
+                p.grad = g.view_as(p).to(p.dtype)
+            opt.step()
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            result.steps.append(step + 1)
+            result.test_accuracy.append(evaluate(model, test, device))
+            result.train_loss.append(float(losses[: n - byz].mean()))
+    if result.diverged_at is not None:
+        result.steps.append(result.diverged_at)
+        result.test_accuracy.append(evaluate(model, test, device))
+        result.train_loss.append(float("nan"))
+    return result
