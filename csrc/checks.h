@@ -111,4 +111,52 @@ inline void check_finite_norms(const at::Tensor& norms) {
                     "; send such buckets uncompressed");
 }
 
+// Norms of a payload about to be decoded: finite and non-negative.
+inline void check_decodable_norms(const at::Tensor& norms) {
+  check_finite_norms(norms);
+  TORCH_CHECK_VALUE(norms.numel() == 0 || norms.min().item<float>() >= 0.0f,
+                    "norms must be non-negative");
+}
+
+// dequantize_accumulate's arguments: an fp32 accumulator and matching, decodable payloads.
+inline void check_accumulate_args(const at::Tensor& out, at::TensorList norms,
+                                  at::TensorList symbols, const LevelTable& table,
+                                  int64_t bucket_size) {
+  check_bucket_size(bucket_size);
+  TORCH_CHECK_VALUE(out.dim() == 1 && out.scalar_type() == at::kFloat && out.is_contiguous(),
+                    "out must be a contiguous 1-D float32 tensor");
+  TORCH_CHECK_VALUE(norms.size() == symbols.size(), "norms and symbols must list the same number "
+                    "of payloads, got ", norms.size(), " and ", symbols.size());
+  for (size_t k = 0; k < norms.size(); ++k) {
+    check_payload(norms[k], symbols[k], out.numel(), bucket_size, table.index_bits + 1,
+                  "dequantize_accumulate");
+    TORCH_CHECK_VALUE(norms[k].device() == out.device(), "payload ", k, " is on ",
+                      norms[k].device(), " but out is on ", out.device());
+    check_decodable_norms(norms[k]);
+  }
+}
+
+// pack_symbols input: 1-D uint8 symbols that fit in `width` bits; returned contiguous.
+inline at::Tensor checked_symbols_to_pack(const at::Tensor& symbols, int64_t width) {
+  check_width(width);
+  TORCH_CHECK_VALUE(symbols.dim() == 1 && symbols.scalar_type() == at::kByte,
+                    "symbols must be a 1-D uint8 tensor");
+  const at::Tensor s = symbols.contiguous();
+  TORCH_CHECK_VALUE(s.numel() == 0 || s.max().item<uint8_t>() < (1u << width),
+                    "symbols must fit in width=", width, " bits");
+  return s;
+}
+
+// unpack_symbols input: exactly the bytes `numel` symbols of `width` bits occupy; returned contiguous.
+inline at::Tensor checked_packed(const at::Tensor& packed, int64_t width, int64_t numel) {
+  check_width(width);
+  check_numel(numel);
+  TORCH_CHECK_VALUE(packed.dim() == 1 && packed.scalar_type() == at::kByte,
+                    "packed must be a 1-D uint8 tensor");
+  const int64_t expected = packed_bytes(numel, static_cast<int>(width));
+  TORCH_CHECK_VALUE(packed.numel() == expected, "packed must hold ", expected, " bytes for numel=",
+                    numel, " at width=", width, ", got ", packed.numel());
+  return packed.contiguous();
+}
+
 }  // namespace commcomp

@@ -82,12 +82,6 @@ void accumulate_cuda(at::Tensor& out, at::TensorList norms, at::TensorList symbo
                     " levels given: corrupt payload or mismatched levels");
 }
 
-void check_decodable_norms(const at::Tensor& norms) {
-  check_finite_norms(norms);
-  TORCH_CHECK_VALUE(norms.numel() == 0 || norms.min().item<float>() >= 0.0f,
-                    "norms must be non-negative");
-}
-
 at::Tensor dequantize_cuda(const at::Tensor& norms, const at::Tensor& symbols,
                            const at::Tensor& levels, int64_t bucket_size, int64_t numel) {
   check_bucket_size(bucket_size);
@@ -103,30 +97,14 @@ at::Tensor dequantize_cuda(const at::Tensor& norms, const at::Tensor& symbols,
 
 void dequantize_accumulate_cuda(at::Tensor& out, at::TensorList norms, at::TensorList symbols,
                                 const at::Tensor& levels, int64_t bucket_size, double scale) {
-  check_bucket_size(bucket_size);
   const LevelTable table = level_table_from(levels);
-  TORCH_CHECK_VALUE(out.dim() == 1 && out.scalar_type() == at::kFloat && out.is_contiguous(),
-                    "out must be a contiguous 1-D float32 tensor");
-  TORCH_CHECK_VALUE(norms.size() == symbols.size(), "norms and symbols must list the same number "
-                    "of payloads, got ", norms.size(), " and ", symbols.size());
-  for (size_t k = 0; k < norms.size(); ++k) {
-    check_payload(norms[k], symbols[k], out.numel(), bucket_size, table.index_bits + 1,
-                  "dequantize_accumulate");
-    TORCH_CHECK_VALUE(norms[k].device() == out.device(), "payload ", k, " is on ",
-                      norms[k].device(), " but out is on ", out.device());
-    check_decodable_norms(norms[k]);
-  }
+  check_accumulate_args(out, norms, symbols, table, bucket_size);
   const c10::cuda::CUDAGuard guard(out.device());
   accumulate_cuda(out, norms, symbols, table, bucket_size, static_cast<float>(scale), false);
 }
 
 at::Tensor pack_symbols_cuda(const at::Tensor& symbols, int64_t width) {
-  check_width(width);
-  TORCH_CHECK_VALUE(symbols.dim() == 1 && symbols.scalar_type() == at::kByte,
-                    "symbols must be a 1-D uint8 tensor");
-  const at::Tensor s = symbols.contiguous();
-  TORCH_CHECK_VALUE(s.numel() == 0 || s.max().item<uint8_t>() < (1u << width),
-                    "symbols must fit in width=", width, " bits");
+  const at::Tensor s = checked_symbols_to_pack(symbols, width);
   const c10::cuda::CUDAGuard guard(s.device());
   at::Tensor packed = at::empty({packed_bytes(s.numel(), static_cast<int>(width))}, s.options());
   check_launch(cuda::launch_pack(s.data_ptr<uint8_t>(), s.numel(), static_cast<int>(width),
@@ -136,14 +114,7 @@ at::Tensor pack_symbols_cuda(const at::Tensor& symbols, int64_t width) {
 }
 
 at::Tensor unpack_symbols_cuda(const at::Tensor& packed, int64_t width, int64_t numel) {
-  check_width(width);
-  check_numel(numel);
-  TORCH_CHECK_VALUE(packed.dim() == 1 && packed.scalar_type() == at::kByte,
-                    "packed must be a 1-D uint8 tensor");
-  TORCH_CHECK_VALUE(packed.numel() == packed_bytes(numel, static_cast<int>(width)), "packed must hold ",
-                    packed_bytes(numel, static_cast<int>(width)), " bytes for numel=", numel,
-                    " at width=", width, ", got ", packed.numel());
-  const at::Tensor p = packed.contiguous();
+  const at::Tensor p = checked_packed(packed, width, numel);
   const c10::cuda::CUDAGuard guard(p.device());
   at::Tensor symbols = at::empty({numel}, p.options());
   check_launch(cuda::launch_unpack(p.data_ptr<uint8_t>(), numel, static_cast<int>(width),

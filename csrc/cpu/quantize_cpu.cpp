@@ -79,12 +79,6 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
   return {norms, symbols};
 }
 
-void check_decodable_norms(const at::Tensor& norms) {
-  check_finite_norms(norms);
-  TORCH_CHECK_VALUE(norms.numel() == 0 || norms.min().item<float>() >= 0.0f,
-                    "norms must be non-negative");
-}
-
 // Adds scale * decode(payload k) for every payload into `out`, in payload order.
 void accumulate_cpu(float* out, int64_t n, const std::vector<const float*>& norms,
                     const std::vector<const uint8_t*>& symbols, const LevelTable& table,
@@ -125,18 +119,11 @@ at::Tensor dequantize_cpu(const at::Tensor& norms, const at::Tensor& symbols,
 
 void dequantize_accumulate_cpu(at::Tensor& out, at::TensorList norms, at::TensorList symbols,
                                const at::Tensor& levels, int64_t bucket_size, double scale) {
-  check_bucket_size(bucket_size);
   const LevelTable table = level_table_from(levels);
-  TORCH_CHECK_VALUE(out.dim() == 1 && out.scalar_type() == at::kFloat && out.is_contiguous(),
-                    "out must be a contiguous 1-D float32 tensor");
-  TORCH_CHECK_VALUE(norms.size() == symbols.size(), "norms and symbols must list the same number "
-                    "of payloads, got ", norms.size(), " and ", symbols.size());
+  check_accumulate_args(out, norms, symbols, table, bucket_size);
   std::vector<const float*> norm_ptrs;
   std::vector<const uint8_t*> symbol_ptrs;
   for (size_t k = 0; k < norms.size(); ++k) {
-    check_payload(norms[k], symbols[k], out.numel(), bucket_size, table.index_bits + 1,
-                  "dequantize_accumulate");
-    check_decodable_norms(norms[k]);
     norm_ptrs.push_back(norms[k].data_ptr<float>());
     symbol_ptrs.push_back(symbols[k].data_ptr<uint8_t>());
   }
@@ -145,13 +132,8 @@ void dequantize_accumulate_cpu(at::Tensor& out, at::TensorList norms, at::Tensor
 }
 
 at::Tensor pack_symbols_cpu(const at::Tensor& symbols, int64_t width) {
-  check_width(width);
-  TORCH_CHECK_VALUE(symbols.dim() == 1 && symbols.scalar_type() == at::kByte,
-                    "symbols must be a 1-D uint8 tensor");
-  const at::Tensor s = symbols.contiguous();
+  const at::Tensor s = checked_symbols_to_pack(symbols, width);
   const int64_t n = s.numel();
-  TORCH_CHECK_VALUE(n == 0 || s.max().item<uint8_t>() < (1u << width),
-                    "symbols must fit in width=", width, " bits");
   at::Tensor packed = at::empty({packed_bytes(n, static_cast<int>(width))}, s.options());
   const uint8_t* in = s.data_ptr<uint8_t>();
   uint8_t* out = packed.data_ptr<uint8_t>();
@@ -168,14 +150,7 @@ at::Tensor pack_symbols_cpu(const at::Tensor& symbols, int64_t width) {
 }
 
 at::Tensor unpack_symbols_cpu(const at::Tensor& packed, int64_t width, int64_t numel) {
-  check_width(width);
-  check_numel(numel);
-  TORCH_CHECK_VALUE(packed.dim() == 1 && packed.scalar_type() == at::kByte,
-                    "packed must be a 1-D uint8 tensor");
-  TORCH_CHECK_VALUE(packed.numel() == packed_bytes(numel, static_cast<int>(width)), "packed must hold ",
-                    packed_bytes(numel, static_cast<int>(width)), " bytes for numel=", numel,
-                    " at width=", width, ", got ", packed.numel());
-  const at::Tensor p = packed.contiguous();
+  const at::Tensor p = checked_packed(packed, width, numel);
   at::Tensor symbols = at::empty({numel}, p.options());
   const uint8_t* in = p.data_ptr<uint8_t>();
   uint8_t* out = symbols.data_ptr<uint8_t>();
