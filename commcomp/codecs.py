@@ -60,6 +60,7 @@ __all__ = [
     "decode",
     "encode_tensor",
     "decode_tensor",
+    "TensorCodec",
 ]
 
 if sys.byteorder != "little":  # norms are reinterpreted in place as little-endian float32
@@ -349,3 +350,38 @@ def decode_tensor(
     q = decode(payload, quantizer, numel=numel, max_numel=max_numel)
     out = ops.dequantize(q.norms, q.symbols, q.levels.tensor(q.norms.device), q.bucket_size, q.numel)
     return out.to(dtype or q.dtype)
+
+
+class TensorCodec:
+    """A quantizer and a coding bundled as ``encode(tensor) -> payload`` / ``decode(payload, numel)``:
+    the compressor interface of :class:`commcomp.robust.RobustAggregationState`.
+
+    Each ``encode`` draws from the next Philox offset of stream ``seed``; give every rank its own
+    ``seed`` so quantization noise is independent across ranks.
+
+    Example::
+
+        >>> import torch
+        >>> from commcomp import NUQSGD
+        >>> from commcomp.codecs import TensorCodec
+        >>> codec = TensorCodec(NUQSGD(4, 256), coding="elias-gamma", seed=1)
+        >>> x = torch.randn(1000)
+        >>> codec.decode(codec.encode(x), 1000).shape
+        torch.Size([1000])
+    """
+
+    def __init__(self, quantizer: Quantizer, coding: Coding = "fixed", seed: int = 0) -> None:
+        if not isinstance(quantizer, Quantizer):
+            raise ValueError(f"quantizer must be a commcomp Quantizer, got {type(quantizer).__name__}")
+        if coding not in CODINGS:
+            raise ValueError(f"coding must be one of {tuple(CODINGS)}, got {coding!r}")
+        self.quantizer, self.coding, self.seed, self.offset = quantizer, coding, seed, 0
+
+    def encode(self, tensor: torch.Tensor) -> torch.Tensor:
+        payload = encode_tensor(tensor, self.quantizer, self.seed, self.offset, self.coding)
+        self.offset += 1
+        return payload
+
+    def decode(self, payload: torch.Tensor, numel: int) -> torch.Tensor:
+        """Validate and decode a (possibly hostile) payload of exactly ``numel`` elements to fp32."""
+        return decode_tensor(payload, self.quantizer, numel=numel, dtype=torch.float32)

@@ -267,3 +267,20 @@ def test_cuda_matches_cpu(coding):
             pass
         else:  # a flipped last byte may still decode; then it must re-encode identically
             assert torch.equal(codecs.encode(codecs.decode(broken, quantizer), coding).cpu(), broken.cpu())
+
+
+def test_tensor_codec_round_trip_and_rejects_garbage():
+    from commcomp.codecs import TensorCodec
+
+    q = commcomp.NUQSGD(4, 128)
+    codec = TensorCodec(q, coding="elias-delta", seed=3)
+    x = torch.randn(1000)
+    first, second = codec.encode(x), codec.encode(x)
+    assert codec.offset == 2 and not torch.equal(first, second)  # a fresh Philox offset per call
+    assert torch.equal(codec.decode(first, 1000), q.dequantize(q.quantize(x, seed=3, offset=0), torch.float32))
+    with pytest.raises(ValueError, match="malformed payload"):
+        codec.decode(torch.randint(0, 256, (64,), dtype=torch.uint8), 1000)
+    with pytest.raises(ValueError, match="1000"):
+        codec.decode(first, 999)
+    with pytest.raises(ValueError, match="coding must be one of"):
+        TensorCodec(q, coding="zip")

@@ -8,13 +8,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .. import codecs
 from ..quantizers import Quantizer
 
 __all__ = ["CompressionState", "CODINGS"]
 
 logger = logging.getLogger("commcomp.hooks")
 
-CODINGS = ("fixed", "elias-gamma", "elias-delta", "elias-omega")
+CODINGS = tuple(codecs.CODINGS)  # the symbol codings commcomp.codecs implements
 # Golden-ratio increment: spreads rank ids over the 63-bit Philox key space.
 _RANK_KEY_STRIDE = 0x9E3779B97F4A7C15
 
