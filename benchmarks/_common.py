@@ -13,18 +13,28 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int = 7, warmup: int = 2, device: torch.device | None = None) -> float:
-    """Median wall time of ``fn()`` (CUDA-synchronized when ``device`` is a GPU)."""
+def median_seconds(
+    fn: Callable[[], Any],
+    repeats: int = 7,
+    warmup: int = 2,
+    device: torch.device | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Median time of ``fn()`` by ``clock`` (CUDA-synchronized when ``device`` is a GPU).
+
+    ``clock=time.thread_time`` measures this thread's CPU time: per-thread throughput that other
+    processes on a shared machine cannot inflate (only valid for single-threaded CPU work).
+    """
     sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
     sync()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
         sync()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     times.sort()
     return times[len(times) // 2]
 
