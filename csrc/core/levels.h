@@ -28,9 +28,18 @@ COMMCOMP_HD int index_bits_for(int count) {
 COMMCOMP_HD int symbol_width_for(int count) { return index_bits_for(count) + 1; }
 
 // Largest j in [0, count-2] with value[j] <= r: the left end of the interval holding r.
-// r is expected in [0, 1]; NaN lands in interval 0, never out of bounds. Branch-free (conditional
-// moves): gradient magnitudes are random, so a branchy search would mispredict at every step.
+// r is expected in [0, 1]; NaN lands in interval 0, never out of bounds. Small tables (up to 4
+// bits) count the interior levels <= r: independent comparisons, no dependent loads or branches to
+// mispredict on random gradients (the trip count is fixed per table, so its branch predicts).
+// Larger tables use a binary search.
+constexpr int kLinearSearchMaxLevels = 16;
+
 COMMCOMP_HD int find_interval(const float* value, int count, float r) {
+  if (count <= kLinearSearchMaxLevels) {
+    int j = 0;
+    for (int k = 1; k < count - 1; ++k) j += static_cast<int>(value[k] <= r);
+    return j;
+  }
   int lo = 0;
   int len = count - 1;  // candidates lo .. lo + len - 1
   while (len > 1) {

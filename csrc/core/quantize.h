@@ -47,8 +47,9 @@ COMMCOMP_HD uint32_t quantize_one(float x, float norm, const float* levels, cons
   const float r = fmin_hd(fdiv_rn(fabs_hd(x), norm), 1.0f);
   const int j = find_interval(levels, count, r);
   const float p = fmul_rn(fsub_rn(r, levels[j]), inv_width[j]);
-  const uint32_t index = static_cast<uint32_t>(j) + (u < p ? 1u : 0u);
-  const uint32_t sign = (index != 0u && x < 0.0f) ? 1u : 0u;
+  // Bitwise, not short-circuit: these outcomes are coin flips a branch would mispredict.
+  const uint32_t index = static_cast<uint32_t>(j) + static_cast<uint32_t>(u < p);
+  const uint32_t sign = static_cast<uint32_t>(index != 0u) & static_cast<uint32_t>(x < 0.0f);
   return (index << 1) | sign;
 }
 
@@ -80,28 +81,31 @@ struct BucketCursor {
   }
 };
 
-// One packing group: quantizes elements [8*group, 8*group + n) and returns their packed bits.
-// `load(i)` returns element i as float; `norms` holds one norm per bucket. Shared verbatim by the
-// CPU loop and the CUDA kernel so both produce the same bytes.
+// One packing group: quantizes elements [8*group, 8*group + n) with the uniforms u[0..n) and
+// returns their packed bits. `load(i)` returns element i as float; `norms` holds one norm per
+// bucket. Shared verbatim by the CPU loop and the CUDA kernel so both produce the same bytes.
 template <typename Load>
-COMMCOMP_HD uint64_t quantize_group(Load load, int64_t group, int n, const float* norms,
-                                    int64_t bucket_size, const float* levels,
-                                    const float* inv_width, int count, int width, uint64_t seed,
-                                    uint64_t offset) {
+COMMCOMP_HD uint64_t quantize_group_with(Load load, int64_t group, int n, const float* norms,
+                                         int64_t bucket_size, const float* levels,
+                                         const float* inv_width, int count, int width,
+                                         const float* u) {
   uint32_t symbols[kPackGroup] = {0, 0, 0, 0, 0, 0, 0, 0};
   const int64_t first = group * kPackGroup;
   BucketCursor bucket(first, bucket_size);
-  for (int half = 0; half < 2; ++half) {
-    if (half * 4 >= n) break;
-    float u[4];
-    uniforms4(seed, offset, static_cast<uint64_t>(first / 4 + half), u);
-    for (int k = half * 4; k < n && k < half * 4 + 4; ++k) {
+  COMMCOMP_UNROLL
+  for (int k = 0; k < kPackGroup; ++k) {
+    if (k < n) {
       const int64_t i = first + k;
-      symbols[k] = quantize_one(load(i), norms[bucket.at(i)], levels, inv_width, count,
-                                u[k - half * 4]);
+      symbols[k] = quantize_one(load(i), norms[bucket.at(i)], levels, inv_width, count, u[k]);
     }
   }
   return pack_group(symbols, n, width);
+}
+
+// The uniforms of packing group `group` of stream (seed, offset): elements 8*group .. 8*group+7.
+COMMCOMP_HD void group_uniforms(uint64_t seed, uint64_t offset, int64_t group, float u[kPackGroup]) {
+  uniforms4(seed, offset, static_cast<uint64_t>(2 * group), u);
+  uniforms4(seed, offset, static_cast<uint64_t>(2 * group + 1), u + 4);
 }
 
 // Decodes one packing group, calling `emit(i, value)` per element. Returns false if a symbol

@@ -17,6 +17,8 @@ namespace {
 
 // Packing groups per parallel task: ~64K elements, enough work to amortize scheduling.
 constexpr int64_t kGroupsPerTask = 8192;
+// Packing groups whose uniforms are drawn together (a 2 KiB stack buffer).
+constexpr int64_t kUniformBlockGroups = 64;
 
 template <typename scalar_t>
 void bucket_norms_kernel(const scalar_t* x, int64_t n, int64_t bucket_size, NormKind kind,
@@ -67,12 +69,22 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
     const scalar_t* xp = x.data_ptr<scalar_t>();
     auto load = [xp](int64_t i) { return static_cast<float>(xp[i]); };
     at::parallel_for(0, group_count(n), kGroupsPerTask, [&](int64_t begin, int64_t end) {
-      for (int64_t g = begin; g < end; ++g) {
-        const int size = group_size(g, n);
-        const uint64_t bits = quantize_group(load, g, size, norm_ptr, bucket_size, table.value,
-                                             table.inv_width, table.count, width, static_cast<uint64_t>(seed),
-                                             static_cast<uint64_t>(offset));
-        store_group(out, g, bits, size, width);
+      // Draw a block's uniforms in a loop of its own: independent Philox evaluations the
+      // compiler vectorizes, which it cannot do when they are interleaved with the rounding.
+      float u[kUniformBlockGroups * kPackGroup];
+      for (int64_t block = begin; block < end; block += kUniformBlockGroups) {
+        const int64_t stop = std::min(end, block + kUniformBlockGroups);
+        for (int64_t g = block; g < stop; ++g) {
+          group_uniforms(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), g,
+                         u + (g - block) * kPackGroup);
+        }
+        for (int64_t g = block; g < stop; ++g) {
+          const int size = group_size(g, n);
+          const uint64_t bits = quantize_group_with(load, g, size, norm_ptr, bucket_size,
+                                                    table.value, table.inv_width, table.count,
+                                                    width, u + (g - block) * kPackGroup);
+          store_group(out, g, bits, size, width);
+        }
       }
     });
   });
