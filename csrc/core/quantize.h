@@ -56,10 +56,11 @@ COMMCOMP_HD uint32_t quantize_one(float x, float norm, const float* levels, cons
 COMMCOMP_HD uint32_t symbol_index(uint32_t symbol) { return symbol >> 1; }
 COMMCOMP_HD bool symbol_negative(uint32_t symbol) { return (symbol & 1u) != 0u; }
 
-// Decoded value; the caller has checked symbol_index(symbol) < count.
+// Decoded value; the caller has checked symbol_index(symbol) < count. The sign is applied by
+// multiplying with +-1 (exact) rather than a branch on a coin-flip bit.
 COMMCOMP_HD float dequantize_one(uint32_t symbol, float norm, const float* levels) {
   const float magnitude = fmul_rn(norm, levels[symbol_index(symbol)]);
-  return symbol_negative(symbol) ? -magnitude : magnitude;
+  return fmul_rn(magnitude, 1.0f - 2.0f * static_cast<float>(symbol & 1u));
 }
 
 }  // namespace commcomp
@@ -121,12 +122,10 @@ COMMCOMP_HD bool dequantize_group(uint64_t bits, int64_t group, int n, const flo
   for (int k = 0; k < n; ++k) {
     const uint32_t symbol = group_symbol(bits, k, width);
     const int64_t i = first + k;
-    if (symbol_index(symbol) >= static_cast<uint32_t>(count)) {
-      ok = false;
-      emit(i, 0.0f);
-    } else {
-      emit(i, dequantize_one(symbol, norms[bucket.at(i)], levels));
-    }
+    // A symbol naming a missing level (corrupt payload) decodes as 0 and clears `ok`.
+    const bool valid = symbol_index(symbol) < static_cast<uint32_t>(count);
+    ok &= valid;
+    emit(i, dequantize_one(valid ? symbol : 0u, norms[bucket.at(i)], levels));
   }
   return ok;
 }
