@@ -26,7 +26,7 @@ TORCH_LIBRARY(commcomp, m) {
       " int bucket_size, float scale) -> ()");
   m.def("pack_symbols(Tensor symbols, int width) -> Tensor");
   m.def("unpack_symbols(Tensor packed, int width, int numel) -> Tensor");
-  // Wire codecs (csrc/core/elias.h): add schemas below this line.
+  // Wire codecs (csrc/core/elias.h).
   // Elias coding of packed symbols: per-bucket byte lengths (int64) and the concatenated stream.
   m.def(
       "elias_encode(Tensor packed, int num_levels, int bucket_size, int numel, int code)"
@@ -34,6 +34,6 @@ TORCH_LIBRARY(commcomp, m) {
   m.def(
       "elias_decode(Tensor bucket_bytes, Tensor stream, int num_levels, int bucket_size,"
       " int numel, int code) -> Tensor");
-  // Adaptive-level statistics (csrc/core/stats.h): add schemas below this line.
+  // Adaptive-level statistics (csrc/core/stats.h).
   m.def("level_stats(Tensor x, Tensor norms, int bucket_size, int bins) -> Tensor");
 }
