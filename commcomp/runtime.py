@@ -106,8 +106,11 @@ def wrap_ddp(model: torch.nn.Module, ctx: DistContext, comm_hook: str = "none", 
     model = model.to(ctx.device)
     if not ctx.distributed:
         return model
+    # PyTorch's powerSGD_hook issues collectives from callbacks that can race between buckets on
+    # Gloo (torch 2.13); one bucket avoids it.
+    bucket_cap = {"bucket_cap_mb": 1e6} if comm_hook.startswith("powersgd") else {}
     ddp = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, **bucket_cap
     )
     if comm_hook != "none":
         from commcomp.hooks import hook_from_spec

@@ -245,3 +245,36 @@ def test_adaptive_levels_refit_identically_on_all_ranks(scheme):
     for other in results[1:]:
         assert other[1] == fitted
         assert torch.equal(other[4], params)
+
+
+def _spec_checks_in_a_gloo_group(rank, world):
+    from commcomp import runtime
+
+    out = {}
+    try:
+        hook_from_spec("quant-pertensor")
+    except ValueError as err:
+        out["pertensor"] = str(err)
+    state, _ = hook_from_spec("alq:3", update_schedule=commcomp.UpdateSchedule(at=(1,), every=None))
+    out["schedule"] = state.quantizer.update_schedule.at
+    ctx = runtime.DistContext(rank, world, torch.device("cpu"))
+    ddp = runtime.wrap_ddp(_model(), ctx, "powersgd:1")
+    out["powersgd_buckets_cap"] = ddp.bucket_bytes_cap
+    ddp = DDP(_model())
+    state, hook = hook_from_spec("allreduce-nuqsgd:5", min_compression_numel=0)
+    ddp.register_comm_hook(state, hook)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ddp(torch.randn(4, 64)).sum().backward()
+    out["warnings"] = [str(w.message) for w in caught]
+    return out
+
+
+def test_spec_guards_pytorch_hooks_and_passes_schedules():
+    out = run_ranks(_spec_checks_in_a_gloo_group, 1)[0]
+    assert "fails on Gloo" in out["pertensor"]
+    assert out["schedule"] == (1,)
+    assert out["powersgd_buckets_cap"] >= 10**12  # one bucket for PowerSGD on Gloo
+    assert any("int32" in w for w in out["warnings"])

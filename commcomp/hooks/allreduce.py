@@ -14,6 +14,8 @@ integer grid qualify: uniform (QSGD, QSGDInf) and exponential (NUQSGD up to 6 bi
 """
 
 
+import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -72,6 +74,13 @@ def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     quantizer = state.quantizer
     unit, integers = level_grid(quantizer.levels)
     dtype = wire_dtype(int(integers[-1]), world)
+    if dtype == torch.int32:
+        warnings.warn(
+            f"allreduce_hook: {quantizer!r} needs int32 sums at world size {world}, as many bytes as fp32; "
+            "use fewer bits, QSGD levels, or allgather_hook",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     x = with_residual(state, bucket)
     norms = ops.bucket_norms(x.contiguous(), quantizer.bucket_size, quantizer.norm)
     finite = bool(torch.isfinite(norms).all())

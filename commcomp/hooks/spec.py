@@ -4,7 +4,9 @@ Grammar: ``[allreduce-]SCHEME:BITS[:CODING]`` with SCHEME in qsgd, qsgdinf, nuqs
 CODING in fixed, elias-gamma, elias-delta, elias-omega (``elias`` = elias-gamma); the
 ``allreduce-`` prefix selects :func:`allreduce_hook` (shared scale, integer allreduce), otherwise
 :func:`allgather_hook`. PyTorch's own hooks for comparison: ``fp16``, ``bf16``,
-``powersgd:RANK``, ``quant-pertensor``.
+``powersgd:RANK``, ``quant-pertensor``. Two of PyTorch's hooks misbehave on Gloo in torch 2.13:
+``quantization_pertensor_hook`` fails (it is refused here under Gloo), and ``powerSGD_hook`` can
+race between buckets, so :func:`commcomp.runtime.wrap_ddp` gives it a single DDP bucket.
 
 Example::
 
@@ -49,12 +51,15 @@ def hook_from_spec(
     spec: str,
     process_group: dist.ProcessGroup | None = None,
     bucket_size: int = 512,
+    update_schedule: Any | None = None,
     **state_kwargs: Any,
 ) -> tuple[Any, Callable]:
     """Parse ``spec`` and return ``(state, hook)`` ready for ``ddp.register_comm_hook``.
 
-    ``state_kwargs`` go to :class:`CompressionState` (``seed``, ``start_iter``,
-    ``min_compression_numel``, ``error_feedback``, ``log_every``).
+    ``update_schedule`` (a :class:`commcomp.UpdateSchedule`) sets when ALQ/AMQ refit their levels
+    (default: iterations 100, 2000, 10000 and every 10000). ``state_kwargs`` go to
+    :class:`CompressionState` (``seed``, ``start_iter``, ``min_compression_numel``,
+    ``error_feedback``, ``log_every``).
     """
     spec = spec.strip().lower()
     torch_hook = _torch_hook(spec, process_group)
@@ -71,7 +76,9 @@ def hook_from_spec(
         raise ValueError(f"coding in {spec!r} must be one of {CODINGS} (or 'elias'), got {coding!r}")
     if use_allreduce and coding != "fixed":
         raise ValueError(f"allreduce hooks send integers, not coded payloads: drop ':{coding}' from {spec!r}")
-    state = CompressionState(make_quantizer(scheme, int(parts[1]), bucket_size), process_group, coding=coding, **state_kwargs)
+    adaptive_kwargs = {"update_schedule": update_schedule} if update_schedule is not None and scheme in ("alq", "amq") else {}
+    quantizer = make_quantizer(scheme, int(parts[1]), bucket_size, **adaptive_kwargs)
+    state = CompressionState(quantizer, process_group, coding=coding, **state_kwargs)
     return state, allreduce_hook if use_allreduce else allgather_hook
 
 
@@ -83,6 +90,8 @@ def _torch_hook(spec: str, process_group: dist.ProcessGroup | None) -> tuple[Any
     if spec == "bf16":
         return process_group, default_hooks.bf16_compress_hook
     if spec == "quant-pertensor":
+        if dist.is_initialized() and dist.get_backend(process_group) == "gloo":
+            raise ValueError("quant-pertensor (PyTorch's quantization_pertensor_hook) fails on Gloo in torch 2.13; use NCCL")
         return process_group, quantization_hooks.quantization_pertensor_hook
     if spec.startswith("powersgd:"):
         rank = spec.split(":", 1)[1]
