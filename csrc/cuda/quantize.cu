@@ -68,8 +68,10 @@ __global__ void quantize_kernel(const T* __restrict__ x, int64_t n, int64_t buck
   for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups;
        g += (int64_t)gridDim.x * blockDim.x) {
     const int size = group_size(g, n);
-    const uint64_t bits = quantize_group(load, g, size, norms, bucket_size, levels, inv_width,
-                                         table.count, width, seed, offset);
+    float u[kPackGroup];
+    group_uniforms(seed, offset, g, u);
+    const uint64_t bits = quantize_group_with(load, g, size, norms, bucket_size, levels, inv_width,
+                                              table.count, width, u);
     store_group(symbols, g, bits, size, width);
   }
 }
