@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from commcomp import NUQSGD, QSGD, ops
+from commcomp.runtime import pyplot
 
 from _common import RESULTS, machine, median_seconds, write_json
 
@@ -78,10 +79,7 @@ def main() -> None:
 
 
 def _plot(rows, device) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for bits in sorted({r["bits"] for r in rows}):

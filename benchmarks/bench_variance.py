@@ -19,7 +19,6 @@ Writes benchmarks/results/bench_variance.json and .png.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import RESULTS, machine, write_json  # noqa: E402
 
 from commcomp import _reference  # noqa: E402
+from commcomp.runtime import pyplot
 from commcomp.adaptive import ALQ, AMQ, UpdateSchedule  # noqa: E402
 from commcomp.data import load_digits_tensors  # noqa: E402
 from commcomp.quantizers import NUQSGD, QSGD, QSGDInf, Quantizer  # noqa: E402
@@ -116,10 +116,7 @@ def claim_verdict(row: dict[str, dict], slack: float = 1e-9) -> str:
 
 
 def plot(results: list[dict], bits_list: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(bits_list), figsize=(4.2 * len(bits_list), 3.6), squeeze=False)
     for ax, bits in zip(axes[0], bits_list):

@@ -83,7 +83,7 @@ def quantize_symbols(
     safe_n = torch.where(n > 0, n, torch.ones_like(n))
     r = torch.clamp(x.abs() / safe_n, max=1.0)
     j = torch.clamp(torch.searchsorted(levels, r, right=True) - 1, 0, count - 2)
-    lo, hi = levels[j], levels[j + 1]
+    lo = levels[j]
     inv_width = 1.0 / (levels[1:] - levels[:-1])  # float32, as LevelTable.inv_width
     p = (r - lo) * inv_width[j]
     index = j + (uniforms(seed, offset, x.numel()) < p).to(torch.int64)

@@ -36,6 +36,7 @@ __all__ = [
     "progress",
     "write_json",
     "save_figure",
+    "pyplot",
     "shutdown",
 ]
 
@@ -140,10 +141,19 @@ def write_json(out_dir: str | os.PathLike, name: str, payload: dict, ctx: DistCo
     return path
 
 
-def save_figure(fig: Any, out_dir: str | os.PathLike, name: str, ctx: DistContext | None = None) -> Path | None:
-    """Save a matplotlib figure as PNG under ``out_dir`` (rank 0 only) and close it."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend: recipes and benchmarks run without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig: Any, out_dir: str | os.PathLike, name: str, ctx: DistContext | None = None) -> Path | None:
+    """Save a matplotlib figure as PNG under ``out_dir`` (rank 0 only) and close it."""
+    plt = pyplot()
     if ctx is not None and not ctx.is_main:
         plt.close(fig)
         return None

@@ -158,10 +158,7 @@ def main() -> None:
 
 
 def plot(results: dict[str, dict], out_dir: str, ctx: runtime.DistContext) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = runtime.pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     names = list(results)

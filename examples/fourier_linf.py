@@ -175,10 +175,7 @@ def print_cnn(res: dict) -> None:
 
 
 def plot(results: dict, args: argparse.Namespace, ctx: runtime.DistContext) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = runtime.pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     if "a" in results:

@@ -207,10 +207,7 @@ def report(records: list[dict], args: argparse.Namespace) -> dict:
 
 
 def plot(summary: dict, args: argparse.Namespace, ctx: runtime.DistContext) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = runtime.pyplot()
 
     fig, axes = plt.subplots(1, len(summary), figsize=(7 * len(summary), 4), squeeze=False)
     rows = list(args.aggregators)

@@ -163,10 +163,7 @@ def main() -> None:
 
 
 def plot(results: dict[str, dict], out_dir: str, ctx: runtime.DistContext) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = runtime.pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     ra = results["rangeaugment"]["epochs"]

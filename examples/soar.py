@@ -102,10 +102,7 @@ def main() -> None:
     runtime.write_json(args.out_dir, "results.json", {"args": vars(args), "eps": eps, "rows": rows,
                                                       "train_loss": histories}, ctx)
     if ctx.is_main:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = runtime.pyplot()
 
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
         cols = ["clean"] + [f"pgd{k}" for k in eval_steps]

@@ -121,10 +121,7 @@ def main() -> None:
 
 
 def plot(results: dict[str, dict], out_dir: str, ctx: runtime.DistContext) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = runtime.pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, r in results.items():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import commcomp
 from commcomp import _codec_ops, codecs, ops
 from commcomp._reference import pack
-from commcomp.quantizers import NUQSGD, QSGD, FixedLevels, Levels, QSGDInf, QuantizedTensor
+from commcomp.quantizers import NUQSGD, QSGD, FixedLevels, QSGDInf, QuantizedTensor
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
 from _dist import run_ranks
 from torch.nn.parallel import DistributedDataParallel as DDP
 

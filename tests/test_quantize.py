@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-import commcomp
 from commcomp import NUQSGD, QSGD, FixedLevels, Levels, QSGDInf, ops
 from commcomp import _reference as ref
 
