@@ -57,11 +57,4 @@ COMMCOMP_HD void fill_inverse_widths(LevelTable& table) {
   }
 }
 
-// Exact powers of two for exponential tables, computed without libm so host and device agree.
-COMMCOMP_HD float exp2_neg_int(int k) {
-  float v = 1.0f;
-  for (int i = 0; i < k; ++i) v *= 0.5f;
-  return v;
-}
-
 }  // namespace commcomp
