@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from commcomp import NUQSGD, QSGD, _codec_ops, codecs, ops  # noqa: E402
+from commcomp import NUQSGD, QSGD, codecs, ops  # noqa: E402
 from commcomp.data import load_digits_tensors  # noqa: E402
 
 CODINGS = ["fixed", "elias-gamma", "elias-delta", "elias-omega"]
@@ -101,11 +101,11 @@ def main() -> None:
                     enc = dec = (math.nan, math.nan)
                 else:
                     code = coding.removeprefix("elias-")
-                    lengths, stream = _codec_ops.elias_encode(q.symbols, num_levels, args.bucket_size, n, code)
+                    lengths, stream = ops.elias_encode(q.symbols, num_levels, args.bucket_size, n, code)
                     symbol_bits = stream.numel() * 8
-                    enc = best_time(lambda: _codec_ops.elias_encode(q.symbols, num_levels, args.bucket_size, n, code),
+                    enc = best_time(lambda: ops.elias_encode(q.symbols, num_levels, args.bucket_size, n, code),
                                     args.repeats)
-                    dec = best_time(lambda: _codec_ops.elias_decode(lengths, stream, num_levels, args.bucket_size, n, code),
+                    dec = best_time(lambda: ops.elias_decode(lengths, stream, num_levels, args.bucket_size, n, code),
                                     args.repeats)
                 row = {
                     "scheme": quantizer.name, "bits": bits, "coding": coding, "entropy_bits": h0,

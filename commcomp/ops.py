@@ -1,8 +1,17 @@
-"""Typed wrappers over the ``torch.ops.commcomp`` operators, and their fake (meta) kernels.
+"""Typed wrappers over every ``torch.ops.commcomp`` operator, and their fake (meta) kernels.
 
 The operators work on flat tensors and explicit level tables; most users want the configs in
-:mod:`commcomp.quantizers` instead. Every op has a CPU kernel, a CUDA kernel in CUDA builds, and a
-fake implementation here so it traces under ``torch.compile``.
+:mod:`commcomp.quantizers` and the wire format in :mod:`commcomp.codecs` instead. Every op has a
+CPU kernel, a CUDA kernel in CUDA builds, and a fake implementation here so it traces under
+``torch.compile``. The fakes check what they can without data with ``torch._check_value``, so a
+traced call fails as early, and with the same kind of error, as an eager one.
+
+Ops:
+
+* quantization: :func:`bucket_norms`, :func:`quantize`, :func:`dequantize`,
+  :func:`dequantize_accumulate`, :func:`pack_symbols`, :func:`unpack_symbols`;
+* Elias coding of packed symbols: :func:`elias_encode`, :func:`elias_decode`;
+* adaptive-level statistics: :func:`level_stats`.
 
 Example::
 
@@ -13,6 +22,12 @@ Example::
     >>> x_hat = ops.dequantize(norms, symbols, levels, bucket_size=256, numel=1000)
     >>> x_hat.shape, symbols.numel()   # 3 levels -> 2 index bits + sign = 3 bits per element
     (torch.Size([1000]), 375)
+    >>> packed = ops.pack_symbols(torch.tensor([0, 0, 2, 0, 5], dtype=torch.uint8), 3)
+    >>> lengths, stream = ops.elias_encode(packed, num_levels=4, bucket_size=8, numel=5)
+    >>> lengths.tolist(), stream.numel()   # gamma: 011 1 0 (2 zeros, index 1, +), 010 010 1 (1 zero, index 2, -)
+    ([2], 2)
+    >>> bool(torch.equal(ops.elias_decode(lengths, stream, 4, 8, 5), packed))
+    True
 """
 from __future__ import annotations
 
@@ -20,18 +35,38 @@ from typing import Literal, Sequence
 
 import torch
 
+from . import _C  # noqa: F401  (registers torch.ops.commcomp)
+
 __all__ = [
+    "NormName",
+    "NORMS",
+    "EliasName",
+    "ELIAS_CODES",
+    "DEFAULT_BINS",
+    "MAX_BINS",
+    "symbol_width",
+    "packed_bytes",
+    "num_buckets",
     "bucket_norms",
     "quantize",
     "dequantize",
     "dequantize_accumulate",
     "pack_symbols",
     "unpack_symbols",
-    "symbol_width",
-    "packed_bytes",
+    "elias_encode",
+    "elias_decode",
+    "level_stats",
 ]
 
 NormName = Literal["l2", "linf"]
+NORMS: tuple[str, ...] = ("l2", "linf")
+# Elias code ids of the ops (and of csrc/core/elias.h's EliasCode).
+EliasName = Literal["gamma", "delta", "omega"]
+ELIAS_CODES: dict[str, int] = {"gamma": 0, "delta": 1, "omega": 2}
+DEFAULT_BINS = 1024
+MAX_BINS = 4096  # kMaxStatBins in csrc/core/stats.h
+_MAX_LEVELS = 128  # kMaxLevels in csrc/core/levels.h
+_GRADIENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def symbol_width(num_levels: int) -> int:
@@ -46,8 +81,17 @@ def packed_bytes(numel: int, width: int) -> int:
     return (numel * width + 7) // 8
 
 
-def _num_buckets(numel: int, bucket_size: int) -> int:
+def num_buckets(numel: int, bucket_size: int) -> int:
+    """Buckets of ``bucket_size`` covering ``numel`` elements (the last may be partial)."""
     return (numel + bucket_size - 1) // bucket_size
+
+
+def _elias_code_id(code: EliasName | int) -> int:
+    if isinstance(code, str):
+        if code not in ELIAS_CODES:
+            raise ValueError(f"code must be one of {sorted(ELIAS_CODES)}, got {code!r}")
+        return ELIAS_CODES[code]
+    return int(code)
 
 
 def bucket_norms(x: torch.Tensor, bucket_size: int, norm: NormName = "l2") -> torch.Tensor:
@@ -107,34 +151,223 @@ def unpack_symbols(packed: torch.Tensor, width: int, numel: int) -> torch.Tensor
     return torch.ops.commcomp.unpack_symbols(packed, width, numel)
 
 
-# Fake kernels: output shapes from input shapes only, so the ops trace without data.
+def elias_encode(
+    packed: torch.Tensor, num_levels: int, bucket_size: int, numel: int, code: EliasName | int = "gamma"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elias-code packed symbols per bucket: ``(bucket_bytes int64[buckets], stream uint8)``.
+
+    Each bucket is byte-aligned in ``stream`` and holds ``bucket_bytes[b]`` bytes. Raises
+    ``ValueError`` on a symbol whose level index is ``>= num_levels`` or a zero with its sign set.
+    """
+    return torch.ops.commcomp.elias_encode(packed, num_levels, bucket_size, numel, _elias_code_id(code))
+
+
+def elias_decode(
+    bucket_bytes: torch.Tensor,
+    stream: torch.Tensor,
+    num_levels: int,
+    bucket_size: int,
+    numel: int,
+    code: EliasName | int = "gamma",
+) -> torch.Tensor:
+    """Inverse of :func:`elias_encode`: the packed symbols (``packed_bytes(numel, width)`` bytes).
+
+    Treats its input as untrusted: any malformed stream raises ``ValueError`` naming the bucket and
+    what is wrong with it; nothing is read outside ``stream`` or written outside the output.
+    """
+    return torch.ops.commcomp.elias_decode(bucket_bytes, stream, num_levels, bucket_size, numel, _elias_code_id(code))
+
+
+def level_stats(
+    x: torch.Tensor,
+    bucket_size: int,
+    norm: NormName = "l2",
+    bins: int = DEFAULT_BINS,
+    norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted ``sqrt``-spaced histogram of normalized magnitudes of flat ``x`` (float64, ``bins``).
+
+    What adaptive level fitting (:mod:`commcomp.adaptive`) needs: bin ``k`` covers
+    ``[(k/bins)^2, ((k+1)/bins)^2)`` of ``r = |x_i| / ||bucket||``, each coordinate weighted by its
+    bucket's squared norm; exact zeros and buckets with a zero or non-finite norm are left out
+    (they carry no quantization variance, or are sent uncompressed). Weights are summed in 64-bit
+    fixed point relative to the largest bucket, so CPU and CUDA return bit-identical histograms.
+
+    ``norms`` are the per-bucket norms if already computed (e.g. returned by :func:`quantize`);
+    otherwise they are computed with ``norm``. Bin masses are in units of squared norm: for the L2
+    norm, the histogram sums to ``sum_b n_b ||x_b||^2`` over buckets of ``n_b`` nonzero coordinates.
+
+    Example::
+
+        >>> import torch
+        >>> from commcomp.ops import level_stats
+        >>> x = torch.randn(4096)
+        >>> h = level_stats(x, bucket_size=512, bins=256)
+        >>> h.dtype, h.shape
+        (torch.float64, torch.Size([256]))
+        >>> bool(abs(h.sum() / x.pow(2).sum() - 512) < 1)   # each bucket adds 512 * ||x_b||^2
+        True
+    """
+    if not isinstance(bins, int) or not 1 <= bins <= MAX_BINS:
+        raise ValueError(f"bins must be an int in [1, {MAX_BINS}], got {bins!r}")
+    if not isinstance(bucket_size, int) or bucket_size <= 0:
+        raise ValueError(f"bucket_size must be a positive int, got {bucket_size!r}")
+    if norms is None:
+        norms = bucket_norms(x, bucket_size, norm)
+    return torch.ops.commcomp.level_stats(x, norms, bucket_size, bins)
+
+
+# -- fake kernels ------------------------------------------------------------------------------
+# Output shapes from input shapes only, so the ops trace without data. They check the arguments
+# that need no data with the messages the C++ checks use.
+
+
+def _check_gradient(x: torch.Tensor) -> None:
+    torch._check_value(x.dim() == 1, lambda: f"x must be a flat (1-D) tensor, got shape {tuple(x.shape)}")
+    torch._check_value(x.dtype in _GRADIENT_DTYPES, lambda: f"x must be float32, float16 or bfloat16, got {x.dtype}")
+
+
+def _check_bucket_size(bucket_size: int) -> None:
+    torch._check_value(bucket_size > 0, lambda: f"bucket_size must be positive, got {bucket_size}")
+
+
+def _check_norm(norm: str) -> None:
+    torch._check_value(norm in NORMS, lambda: f"norm must be 'l2' or 'linf', got '{norm}'")
+
+
+def _check_levels(levels: torch.Tensor) -> None:
+    torch._check_value(levels.dim() == 1, lambda: f"levels must be 1-D, got shape {tuple(levels.shape)}")
+    torch._check_value(levels.dtype == torch.float32, lambda: f"levels must be float32, got {levels.dtype}")
+    torch._check_value(
+        2 <= levels.numel() <= _MAX_LEVELS, lambda: f"levels must have 2..{_MAX_LEVELS} entries, got {levels.numel()}"
+    )
+
+
+def _check_width(width: int) -> None:
+    torch._check_value(1 <= width <= 8, lambda: f"width must be in [1, 8] bits, got {width}")
+
+
+def _check_numel(numel: int) -> None:
+    torch._check_value(numel >= 0, lambda: f"numel must be non-negative, got {numel}")
+
+
+def _check_payload(norms: torch.Tensor, symbols: torch.Tensor, numel: int, bucket_size: int, width: int, what: str) -> None:
+    torch._check_value(norms.dim() == 1 and norms.dtype == torch.float32, lambda: f"{what}: norms must be a contiguous 1-D float32 tensor")
+    torch._check_value(symbols.dim() == 1 and symbols.dtype == torch.uint8, lambda: f"{what}: symbols must be a contiguous 1-D uint8 tensor")
+    torch._check_value(
+        norms.numel() == num_buckets(numel, bucket_size),
+        lambda: f"{what}: expected {num_buckets(numel, bucket_size)} norms for {numel} elements in buckets of {bucket_size}, got {norms.numel()}",
+    )
+    torch._check_value(
+        symbols.numel() == packed_bytes(numel, width),
+        lambda: f"{what}: expected {packed_bytes(numel, width)} symbol bytes for {numel} elements of {width} bits, got {symbols.numel()}",
+    )
+
+
 @torch.library.register_fake("commcomp::bucket_norms")
 def _bucket_norms_fake(x, bucket_size, norm):
-    return x.new_empty((_num_buckets(x.numel(), bucket_size),), dtype=torch.float32)
+    _check_gradient(x)
+    _check_bucket_size(bucket_size)
+    _check_norm(norm)
+    return x.new_empty((num_buckets(x.numel(), bucket_size),), dtype=torch.float32)
 
 
 @torch.library.register_fake("commcomp::quantize")
 def _quantize_fake(x, levels, bucket_size, norm, seed, offset, norms=None):
+    _check_gradient(x)
+    _check_levels(levels)
+    _check_bucket_size(bucket_size)
+    _check_norm(norm)
+    torch._check_value(seed >= 0, lambda: f"seed must be non-negative, got {seed}")
+    torch._check_value(offset >= 0, lambda: f"offset must be non-negative, got {offset}")
+    buckets = num_buckets(x.numel(), bucket_size)
+    if norms is not None:
+        torch._check_value(norms.dim() == 1 and norms.dtype == torch.float32, lambda: "norms must be a 1-D float32 tensor")
+        torch._check_value(
+            norms.numel() == buckets,
+            lambda: f"norms must hold one entry per bucket of {bucket_size} elements: expected {buckets}, got {norms.numel()}",
+        )
     width = symbol_width(levels.numel())
-    norms = x.new_empty((_num_buckets(x.numel(), bucket_size),), dtype=torch.float32)
-    return norms, x.new_empty((packed_bytes(x.numel(), width),), dtype=torch.uint8)
+    return x.new_empty((buckets,), dtype=torch.float32), x.new_empty((packed_bytes(x.numel(), width),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("commcomp::dequantize")
 def _dequantize_fake(norms, symbols, levels, bucket_size, numel):
+    _check_bucket_size(bucket_size)
+    _check_numel(numel)
+    _check_levels(levels)
+    _check_payload(norms, symbols, numel, bucket_size, symbol_width(levels.numel()), "dequantize")
     return norms.new_empty((numel,), dtype=torch.float32)
 
 
 @torch.library.register_fake("commcomp::dequantize_accumulate")
 def _dequantize_accumulate_fake(out, norms, symbols, levels, bucket_size, scale):
+    _check_bucket_size(bucket_size)
+    _check_levels(levels)
+    torch._check_value(out.dim() == 1 and out.dtype == torch.float32, lambda: "out must be a contiguous 1-D float32 tensor")
+    torch._check_value(
+        len(norms) == len(symbols),
+        lambda: f"norms and symbols must list the same number of payloads, got {len(norms)} and {len(symbols)}",
+    )
+    for n, s in zip(norms, symbols):
+        _check_payload(n, s, out.numel(), bucket_size, symbol_width(levels.numel()), "dequantize_accumulate")
     return None
 
 
 @torch.library.register_fake("commcomp::pack_symbols")
 def _pack_symbols_fake(symbols, width):
+    _check_width(width)
+    torch._check_value(symbols.dim() == 1 and symbols.dtype == torch.uint8, lambda: "symbols must be a 1-D uint8 tensor")
     return symbols.new_empty((packed_bytes(symbols.numel(), width),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("commcomp::unpack_symbols")
 def _unpack_symbols_fake(packed, width, numel):
+    _check_width(width)
+    _check_numel(numel)
+    torch._check_value(packed.dim() == 1 and packed.dtype == torch.uint8, lambda: "packed must be a 1-D uint8 tensor")
+    expected = packed_bytes(numel, width)
+    torch._check_value(
+        packed.numel() == expected, lambda: f"packed must hold {expected} bytes for numel={numel} at width={width}, got {packed.numel()}"
+    )
     return packed.new_empty((numel,), dtype=torch.uint8)
+
+
+def _check_elias_shape(num_levels: int, bucket_size: int, numel: int, code: int) -> None:
+    torch._check_value(
+        2 <= num_levels <= _MAX_LEVELS, lambda: f"num_levels must be in [2, {_MAX_LEVELS}], got {num_levels}"
+    )
+    _check_bucket_size(bucket_size)
+    _check_numel(numel)
+    torch._check_value(code in ELIAS_CODES.values(), lambda: f"code must be 0 (gamma), 1 (delta) or 2 (omega), got {code}")
+
+
+# The stream length depends on the data, so it is a fresh symbolic size.
+@torch.library.register_fake("commcomp::elias_encode")
+def _elias_encode_fake(packed, num_levels, bucket_size, numel, code):
+    _check_elias_shape(num_levels, bucket_size, numel, code)
+    torch._check_value(packed.dim() == 1 and packed.dtype == torch.uint8, lambda: "packed must be a 1-D uint8 tensor")
+    stream_bytes = torch.library.get_ctx().new_dynamic_size()
+    return (
+        packed.new_empty((num_buckets(numel, bucket_size),), dtype=torch.int64),
+        packed.new_empty((stream_bytes,), dtype=torch.uint8),
+    )
+
+
+@torch.library.register_fake("commcomp::elias_decode")
+def _elias_decode_fake(bucket_bytes, stream, num_levels, bucket_size, numel, code):
+    _check_elias_shape(num_levels, bucket_size, numel, code)
+    torch._check_value(stream.dim() == 1 and stream.dtype == torch.uint8, lambda: "stream must be a 1-D uint8 tensor")
+    torch._check_value(
+        bucket_bytes.dim() == 1 and bucket_bytes.dtype == torch.int64, lambda: "bucket_bytes must be a 1-D int64 tensor"
+    )
+    return stream.new_empty((packed_bytes(numel, symbol_width(num_levels)),), dtype=torch.uint8)
+
+
+@torch.library.register_fake("commcomp::level_stats")
+def _level_stats_fake(x, norms, bucket_size, bins):
+    _check_gradient(x)
+    _check_bucket_size(bucket_size)
+    torch._check_value(1 <= bins <= MAX_BINS, lambda: f"bins must be in [1, {MAX_BINS}], got {bins}")
+    torch._check_value(norms.dim() == 1 and norms.dtype == torch.float32, lambda: "norms must be a contiguous 1-D float32 tensor")
+    return x.new_empty((bins,), dtype=torch.float64)

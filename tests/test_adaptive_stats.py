@@ -4,7 +4,7 @@ import torch
 
 import commcomp  # noqa: F401  (loads the extension)
 from commcomp import _reference, ops
-from commcomp._stats_ops import level_stats
+from commcomp.ops import level_stats
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import commcomp
-from commcomp import _codec_ops, codecs, ops
+from commcomp import codecs, ops
 from commcomp._reference import pack
 from commcomp.quantizers import NUQSGD, QSGD, FixedLevels, QSGDInf, QuantizedTensor
 
@@ -83,7 +83,7 @@ def test_hand_checked_bucket(code):
         "delta": "0101" "1" "0" "0100" "0100" "1" "0101",
         "omega": "110" "0" "0" "100" "100" "1" "110",
     }[code]
-    lengths, stream = _codec_ops.elias_encode(pack(symbols, 3), 4, 7, 7, code)
+    lengths, stream = ops.elias_encode(pack(symbols, 3), 4, 7, 7, code)
     assert lengths.tolist() == [math.ceil(len(expected) / 8)]
     assert bytes(stream.tolist()) == bits_to_bytes(expected)
 
@@ -95,7 +95,7 @@ def test_elias_stream_equals_textbook_coder(code, width, bucket_size, n):
     num_levels = 2 ** (width - 1)
     for p_zero in (0.0, 0.5, 0.97):
         symbols = random_symbols(n, num_levels, p_zero, gen)
-        lengths, stream = _codec_ops.elias_encode(pack(symbols, width), num_levels, bucket_size, n, code)
+        lengths, stream = ops.elias_encode(pack(symbols, width), num_levels, bucket_size, n, code)
         expected, sizes = b"", []
         for b in range(0, n, bucket_size):
             chunk = bits_to_bytes(ref_bucket_bits(symbols[b : b + bucket_size].tolist(), code))
@@ -103,7 +103,7 @@ def test_elias_stream_equals_textbook_coder(code, width, bucket_size, n):
             sizes.append(len(chunk))
         assert lengths.tolist() == sizes
         assert bytes(stream.tolist()) == expected
-        decoded = _codec_ops.elias_decode(lengths, stream, num_levels, bucket_size, n, code)
+        decoded = ops.elias_decode(lengths, stream, num_levels, bucket_size, n, code)
         assert torch.equal(decoded, pack(symbols, width))
 
 
@@ -208,22 +208,22 @@ def test_encode_rejects_bad_arguments():
 def test_ops_reject_bad_arguments():
     packed = pack(torch.tensor([0, 2, 4, 0]), 3)
     with pytest.raises(ValueError, match="num_levels"):
-        _codec_ops.elias_encode(packed, 1, 4, 4)
+        ops.elias_encode(packed, 1, 4, 4)
     with pytest.raises(ValueError, match="bucket_size"):
-        _codec_ops.elias_encode(packed, 4, 0, 4)
+        ops.elias_encode(packed, 4, 0, 4)
     with pytest.raises(ValueError, match="code must be"):
-        _codec_ops.elias_encode(packed, 4, 4, 4, 7)
+        ops.elias_encode(packed, 4, 4, 4, 7)
     with pytest.raises(ValueError, match="code must be one of"):
-        _codec_ops.elias_encode(packed, 4, 4, 4, "rice")
+        ops.elias_encode(packed, 4, 4, 4, "rice")
     with pytest.raises(ValueError, match="packed must hold"):
-        _codec_ops.elias_encode(packed, 4, 4, 6)
+        ops.elias_encode(packed, 4, 4, 6)
     with pytest.raises(ValueError, match="index is >= num_levels"):
-        _codec_ops.elias_encode(pack(torch.tensor([0, 2, 6, 0]), 3), 3, 4, 4)  # index 3 of 3 levels
-    lengths, stream = _codec_ops.elias_encode(packed, 4, 4, 4)
+        ops.elias_encode(pack(torch.tensor([0, 2, 6, 0]), 3), 3, 4, 4)  # index 3 of 3 levels
+    lengths, stream = ops.elias_encode(packed, 4, 4, 4)
     with pytest.raises(ValueError, match="int64"):
-        _codec_ops.elias_decode(lengths.int(), stream, 4, 4, 4)
+        ops.elias_decode(lengths.int(), stream, 4, 4, 4)
     with pytest.raises(ValueError, match="one entry per bucket"):
-        _codec_ops.elias_decode(lengths, stream, 4, 2, 4)
+        ops.elias_decode(lengths, stream, 4, 2, 4)
 
 
 def test_fake_kernels_trace():
@@ -231,18 +231,18 @@ def test_fake_kernels_trace():
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     packed = pack(torch.tensor([0, 2, 4, 0, 6, 0, 0]), 3)
-    lengths, stream = _codec_ops.elias_encode(packed, 4, 3, 7)
+    lengths, stream = ops.elias_encode(packed, 4, 3, 7)
     with FakeTensorMode(shape_env=ShapeEnv()) as mode:
-        fl, fs = _codec_ops.elias_encode(mode.from_tensor(packed), 4, 3, 7)
+        fl, fs = ops.elias_encode(mode.from_tensor(packed), 4, 3, 7)
         assert fl.shape == (3,) and fl.dtype == torch.int64 and fs.dtype == torch.uint8
         assert isinstance(fs.shape[0], torch.SymInt)  # data-dependent size
-        out = _codec_ops.elias_decode(mode.from_tensor(lengths), mode.from_tensor(stream), 4, 3, 7)
+        out = ops.elias_decode(mode.from_tensor(lengths), mode.from_tensor(stream), 4, 3, 7)
         assert out.shape == packed.shape and out.dtype == torch.uint8
 
 
 def test_opcheck_decode():
     packed = pack(random_symbols(300, 8, 0.5, torch.Generator().manual_seed(0)), 4)
-    lengths, stream = _codec_ops.elias_encode(packed, 8, 37, 300, "omega")
+    lengths, stream = ops.elias_encode(packed, 8, 37, 300, "omega")
     torch.library.opcheck(torch.ops.commcomp.elias_decode.default, (lengths, stream, 8, 37, 300, 2))
 
 
