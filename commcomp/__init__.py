@@ -15,21 +15,9 @@ Example::
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.commcomp)
-from . import _stats_ops  # noqa: F401  (fakes of the level-statistics op)
-from . import ops
-from .quantizers import (
-    ALQ,
-    AMQ,
-    NUQSGD,
-    QSGD,
-    FixedLevels,
-    Levels,
-    QSGDInf,
-    QuantizedTensor,
-    Quantizer,
-    UpdateSchedule,
-)
-from . import codecs  # noqa: E402  (needs the quantizers)
+from . import codecs, ops
+from .adaptive import ALQ, AMQ, UpdateSchedule
+from .quantizers import NUQSGD, QSGD, FixedLevels, Levels, QSGDInf, QuantizedTensor, Quantizer, make_quantizer
 
 __all__ = [
     "ops",
@@ -44,5 +32,6 @@ __all__ = [
     "ALQ",
     "AMQ",
     "UpdateSchedule",
+    "make_quantizer",
 ]
 __version__ = "0.1.0"

@@ -5,6 +5,10 @@
 * :class:`NUQSGD` — exponential levels ``{0, 2^-(s-1), ..., 1/2, 1}``, L2 norm (Ramezani-Kebrya et al.).
 * :class:`FixedLevels` — any sorted table in [0, 1]: what ALQ/AMQ fit (see :mod:`commcomp.adaptive`).
 
+Quantizers built from a bit width register their scheme name (:func:`register_scheme`), so command-line
+specs (:func:`commcomp.hooks.hook_from_spec`) and configs name them the same way everywhere:
+:func:`make_quantizer` builds one from ``(scheme, bits, bucket_size)``; :func:`scheme_names` lists them.
+
 ``bits`` is the fixed-width wire cost per coordinate: ``bits - 1`` bits of level index plus a
 sign bit, i.e. ``2**(bits-1)`` levels including 0.
 
@@ -25,16 +29,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Sequence
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import torch
 
 from . import ops
+from .ops import NORMS, NormName
 
-__all__ = ["Levels", "QuantizedTensor", "Quantizer", "QSGD", "QSGDInf", "NUQSGD", "FixedLevels"]
+__all__ = [
+    "Levels",
+    "QuantizedTensor",
+    "Quantizer",
+    "QSGD",
+    "QSGDInf",
+    "NUQSGD",
+    "FixedLevels",
+    "register_scheme",
+    "make_quantizer",
+    "scheme_names",
+]
 
 MIN_BITS, MAX_BITS = 2, 8
-NormName = Literal["l2", "linf"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,8 @@ class Levels:
     def __post_init__(self) -> None:
         values = tuple(float(torch.tensor(v, dtype=torch.float32)) for v in self.values)
         object.__setattr__(self, "values", values)
+        if any(math.isnan(v) for v in values):
+            raise ValueError(f"levels must not be NaN, got {values}")
         if not 2 <= len(values) <= 2 ** (MAX_BITS - 1):
             raise ValueError(f"levels must have 2..{2 ** (MAX_BITS - 1)} entries, got {len(values)}")
         if values[0] != 0.0 or values[-1] != 1.0:
@@ -114,13 +131,12 @@ class QuantizedTensor:
 class Quantizer:
     """Base config: a level table, a norm, a bucket size. Subclasses choose the table."""
 
-    scheme_id: ClassVar[int]
     name: ClassVar[str]
 
     def __init__(self, bucket_size: int = 512, norm: NormName = "l2") -> None:
         if not isinstance(bucket_size, int) or bucket_size <= 0:
             raise ValueError(f"bucket_size must be a positive int, got {bucket_size!r}")
-        if norm not in ("l2", "linf"):
+        if norm not in NORMS:
             raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
         self.bucket_size = bucket_size
         self.norm: NormName = norm
@@ -154,10 +170,38 @@ class Quantizer:
         return f"{type(self).__name__}(bits={self.bits}, bucket_size={self.bucket_size}, norm={self.norm!r})"
 
 
+_Q = TypeVar("_Q", bound=type)
+_SCHEMES: dict[str, Callable[..., Quantizer]] = {}
+
+
+def register_scheme(cls: _Q) -> _Q:
+    """Class decorator: make ``cls.name`` a scheme of :func:`make_quantizer`.
+
+    ``cls(bits, bucket_size, **kwargs)`` must build the quantizer.
+    """
+    name = cls.name  # type: ignore[attr-defined]
+    if name in _SCHEMES and _SCHEMES[name] is not cls:
+        raise ValueError(f"scheme {name!r} is already registered by {_SCHEMES[name].__name__}")
+    _SCHEMES[name] = cls
+    return cls
+
+
+def scheme_names() -> tuple[str, ...]:
+    """Names :func:`make_quantizer` accepts, in registration order."""
+    return tuple(_SCHEMES)
+
+
+def make_quantizer(scheme: str, bits: int, bucket_size: int = 512, **kwargs: Any) -> Quantizer:
+    """The quantizer a scheme name stands for (``kwargs`` go to its constructor, e.g. ALQ's schedule)."""
+    if scheme not in _SCHEMES:
+        raise ValueError(f"scheme must be one of {scheme_names()}, got {scheme!r}")
+    return _SCHEMES[scheme](bits, bucket_size, **kwargs)
+
+
+@register_scheme
 class QSGD(Quantizer):
     """Uniform levels with the L2 norm (QSGD). ``bits`` in [2, 8]."""
 
-    scheme_id = 1
     name = "qsgd"
 
     def __init__(self, bits: int = 4, bucket_size: int = 512) -> None:
@@ -176,10 +220,10 @@ class QSGD(Quantizer):
         return min(d / (4 * s**2), math.sqrt(d) / s)
 
 
+@register_scheme
 class QSGDInf(QSGD):
     """Uniform levels with the L-inf norm: finer effective resolution for dense buckets."""
 
-    scheme_id = 2
     name = "qsgdinf"
 
     def __init__(self, bits: int = 4, bucket_size: int = 512) -> None:
@@ -193,10 +237,10 @@ class QSGDInf(QSGD):
         return d / (4 * s**2)
 
 
+@register_scheme
 class NUQSGD(Quantizer):
     """Exponential levels ``{0, 2^-(s-1), ..., 1/2, 1}`` with the L2 norm (NUQSGD). ``bits`` in [2, 8]."""
 
-    scheme_id = 3
     name = "nuqsgd"
 
     def __init__(self, bits: int = 4, bucket_size: int = 512) -> None:
@@ -218,7 +262,6 @@ class NUQSGD(Quantizer):
 class FixedLevels(Quantizer):
     """Any level table (e.g. fitted by ALQ/AMQ) with a chosen norm."""
 
-    scheme_id = 4
     name = "levels"
 
     def __init__(self, levels: Levels | Sequence[float], bucket_size: int = 512, norm: NormName = "l2") -> None:
@@ -228,10 +271,3 @@ class FixedLevels(Quantizer):
     @property
     def levels(self) -> Levels:
         return self._levels
-
-
-# Adaptive quantizers live in commcomp.adaptive (which builds on this module); re-exported here so
-# every quantizer config is importable from one place.
-from .adaptive import ALQ, AMQ, UpdateSchedule  # noqa: E402
-
-__all__ += ["ALQ", "AMQ", "UpdateSchedule"]

@@ -7,9 +7,9 @@ import torch
 from _dist import run_ranks
 
 import commcomp  # noqa: F401
-from commcomp._stats_ops import level_stats
+from commcomp.ops import level_stats
 from commcomp.adaptive import ALQ, AMQ, UpdateSchedule
-from commcomp.level_fit import Histogram, to_float32_levels
+from commcomp.adaptive.fit import Histogram, to_float32_levels
 
 
 def rank_gradient(rank: int, step: int) -> torch.Tensor:

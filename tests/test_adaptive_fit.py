@@ -8,9 +8,9 @@ from scipy import integrate, optimize, stats
 
 import commcomp  # noqa: F401
 from commcomp import _reference
-from commcomp._stats_ops import level_stats
+from commcomp.ops import level_stats
 from commcomp.adaptive import ALQ, AMQ, UpdateSchedule
-from commcomp.level_fit import Histogram, exponential_levels, fit_alq, fit_amq, to_float32_levels
+from commcomp.adaptive.fit import Histogram, exponential_levels, fit_alq, fit_amq, to_float32_levels
 from commcomp.quantizers import NUQSGD, QSGD
 
 torch.set_num_threads(1)
