@@ -46,16 +46,19 @@ from typing import Literal
 
 import torch
 
-from . import _codec_ops, ops
+from . import ops
 from .quantizers import Levels, QuantizedTensor, Quantizer
 
 __all__ = [
     "CODINGS",
+    "CODING_ALIASES",
+    "canonical_coding",
     "MAGIC",
     "VERSION",
     "DEFAULT_MAX_NUMEL",
     "PayloadHeader",
     "read_header",
+    "fixed_payload_bytes",
     "encode",
     "decode",
     "encode_tensor",
@@ -69,6 +72,17 @@ if sys.byteorder != "little":  # norms are reinterpreted in place as little-endi
 Coding = Literal["fixed", "elias-gamma", "elias-delta", "elias-omega"]
 CODINGS: dict[str, int] = {"fixed": 0, "elias-gamma": 1, "elias-delta": 2, "elias-omega": 3}
 _CODING_NAMES = {v: k for k, v in CODINGS.items()}
+# Short names accepted wherever a coding is named (specs, states, codecs).
+CODING_ALIASES: dict[str, str] = {"elias": "elias-gamma"}
+
+
+def canonical_coding(coding: str) -> str:
+    """The coding ``coding`` names (aliases resolved), or ``ValueError`` listing every accepted form."""
+    name = CODING_ALIASES.get(coding, coding) if isinstance(coding, str) else None
+    if name not in CODINGS:
+        accepted = list(CODINGS) + [f"{alias} (= {target})" for alias, target in CODING_ALIASES.items()]
+        raise ValueError(f"coding must be one of {', '.join(accepted)}; got {coding!r}")
+    return name
 
 MAGIC = b"CCQW"
 VERSION = 1
@@ -135,6 +149,13 @@ def _levels_kind(levels: Levels) -> int:
     return _TABLE
 
 
+def fixed_payload_bytes(numel: int, bucket_size: int, levels: Levels) -> int:
+    """Exact size of a ``"fixed"``-coded payload: what every rank can compute without asking."""
+    table = 4 * len(levels) if _levels_kind(levels) == _TABLE else 0
+    buckets = (numel + bucket_size - 1) // bucket_size
+    return HEADER_BYTES + table + 4 * buckets + ops.packed_bytes(numel, levels.bits)
+
+
 def _check_quantized(q: QuantizedTensor) -> int:
     if not isinstance(q, QuantizedTensor):
         raise ValueError(f"q must be a QuantizedTensor, got {type(q).__name__}")
@@ -176,8 +197,7 @@ def encode(q: QuantizedTensor, coding: Coding = "fixed") -> torch.Tensor:
 
     Raises ``ValueError`` for an unknown ``coding`` or an inconsistent ``q``.
     """
-    if coding not in CODINGS:
-        raise ValueError(f"coding must be one of {list(CODINGS)}, got {coding!r}")
+    coding = canonical_coding(coding)
     width = _check_quantized(q)
     device = q.symbols.device
     kind = _levels_kind(q.levels)
@@ -186,7 +206,7 @@ def encode(q: QuantizedTensor, coding: Coding = "fixed") -> torch.Tensor:
     if coding == "fixed":
         length_bytes, lengths, stream = 0, None, symbols
     else:
-        counts, stream = _codec_ops.elias_encode(
+        counts, stream = ops.elias_encode(
             symbols, len(q.levels), q.bucket_size, q.numel, coding.removeprefix("elias-")  # type: ignore[arg-type]
         )
         # A bucket's code is at most ~2 bytes per element; 16-bit lengths cover typical buckets.
@@ -313,7 +333,7 @@ def decode(
             _fail("32-bit bucket lengths where 16-bit ones fit (non-canonical payload)")
         at += length_bytes
         try:
-            symbols = _codec_ops.elias_decode(
+            symbols = ops.elias_decode(
                 lengths, payload[at:], h.num_levels, h.bucket_size, h.numel, h.coding.removeprefix("elias-")  # type: ignore[arg-type]
             )
         except ValueError as err:
@@ -373,8 +393,7 @@ class TensorCodec:
     def __init__(self, quantizer: Quantizer, coding: Coding = "fixed", seed: int = 0) -> None:
         if not isinstance(quantizer, Quantizer):
             raise ValueError(f"quantizer must be a commcomp Quantizer, got {type(quantizer).__name__}")
-        if coding not in CODINGS:
-            raise ValueError(f"coding must be one of {tuple(CODINGS)}, got {coding!r}")
+        coding = canonical_coding(coding)
         self.quantizer, self.coding, self.seed, self.offset = quantizer, coding, seed, 0
 
     def encode(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -208,7 +208,7 @@ def test_corrupt_payload_names_the_rank():
     assert torch.equal(total, (torch.zeros(1000) + 0.5 * decoded) + 0.5 * decoded)  # the kernel's order
     with pytest.raises(RuntimeError, match="invalid payload from rank 1"):
         _average_frames(state, [good, bad], 1000, torch.device("cpu"))
-    with pytest.raises(RuntimeError, match="rank 0.*raw frame"):
+    with pytest.raises(RuntimeError, match="rank 0.*frame kind"):
         _average_frames(state, [torch.tensor([0, 1, 2], dtype=torch.uint8), good], 1000, torch.device("cpu"))
 
 

@@ -17,6 +17,7 @@ Example::
     model(torch.randn(8, 1000)).sum().backward()   # gradients averaged from 4-bit payloads
     print(state.compression_ratio)
 """
+from ._wire import PeerPayloadError
 from .allgather import allgather_hook
 from .allreduce import allreduce_hook, level_grid
 from .spec import SCHEMES, hook_from_spec, make_quantizer
@@ -24,6 +25,7 @@ from .state import CODINGS, CompressionState
 
 __all__ = [
     "CompressionState",
+    "PeerPayloadError",
     "allgather_hook",
     "allreduce_hook",
     "hook_from_spec",

@@ -1,30 +1,34 @@
 """All-gather aggregation of compressed gradients: what QSGD/NUQSGD analyse.
 
-Each rank quantizes and encodes its bucket; payload sizes, then payloads, are all-gathered; every
-rank decodes all payloads in rank order and averages them. The average is unbiased, and every rank
-computes it from the same bytes in the same order, so parameters stay bit-identical across ranks.
+Each rank quantizes and encodes its bucket into a frame (:mod:`._wire`); frames are all-gathered
+(fixed-width frames have a size every rank computes, so one collective; Elias frames exchange
+their sizes first, on the next lane); every rank decodes all frames in rank order and averages
+them. The average is unbiased, and every rank computes it from the same bytes in the same order,
+so parameters stay bit-identical across ranks. Nothing in the hook body waits for a peer.
 """
 
 import torch
 import torch.distributed as dist
 
 from .. import codecs, ops
-from ._common import allreduce_mean, finish, group_info, measure_variance, observe, update_residual, with_residual
+from ..quantizers import Levels, QuantizedTensor
+from ._wire import BucketWire, decode_frames, finish, fp32_allreduce, make_frame, resolve_group
 from .state import CompressionState
 
 __all__ = ["allgather_hook"]
 
-# One leading byte tells a receiver how to read the rest of a rank's frame.
-_FRAME_RAW, _FRAME_CODEC = 0, 1
+_HOOK = "allgather_hook"
 
 
 def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Quantize, encode, all-gather and average a DDP gradient bucket.
 
     Buckets in warm-up (``state.start_iter``) or smaller than ``state.min_compression_numel`` go
-    through fp32 allreduce. A bucket holding inf/NaN on some rank is sent raw by that rank, so the
-    averaged gradient carries the inf/NaN and AMP's GradScaler skips the step as usual. A payload
-    that fails validation raises ``RuntimeError`` naming the sending rank.
+    through fp32 allreduce. A bucket holding inf/NaN on some rank is sent by that rank as a
+    non-finite marker; every rank then reduces that bucket in fp32 instead, so AMP's GradScaler
+    sees the inf/NaN as with PyTorch's default hook. A payload that fails validation, or an
+    announced size above ``state.max_payload_bytes``, raises
+    :class:`~commcomp.hooks.PeerPayloadError` (a ``RuntimeError``) naming the sending rank.
 
     Example::
 
@@ -33,79 +37,71 @@ def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
         >>> # ddp_model.register_comm_hook(state, allgather_hook)
     """
     buffer = bucket.buffer()
-    if not state.compressing(buffer.numel()):
-        return allreduce_mean(state, bucket)
-    group, rank, world = group_info(state)
-    x = with_residual(state, bucket)
+    numel = buffer.numel()
+    if not state.compressing(numel):
+        return fp32_allreduce(state, bucket, state.record)
+    group = resolve_group(state.process_group)
     quantizer = state.quantizer
+    levels = quantizer.levels  # this iteration's: a refit may land before the callbacks run
+    fixed = state.coding == "fixed"
+    # stages: [sizes,] frames, fp32 fallback for a non-finite bucket
+    wire = BucketWire(state, group, 2 if fixed else 3, buffer.device)
+    fallback_stage = 1 if fixed else 2
+    x = state.with_residual(bucket)
+    offset = state.next_offset()
+    q: QuantizedTensor | None = None
     if bool(torch.isfinite(x).all()):
-        q = quantizer.quantize(x, seed=state.rank_seed(rank), offset=state.next_offset())
-        observe(state, x, q.norms)
+        q = quantizer.quantize(x, seed=state.rank_seed(group.rank), offset=offset)
+        state.observe(x, q.norms)
         body = codecs.encode(q, coding=state.coding)
-        frame = torch.cat([body.new_tensor([_FRAME_CODEC]), body])
-        if state.error_feedback or state.measuring_variance():
-            decoded = quantizer.dequantize(q, torch.float32)
-            update_residual(state, bucket, x, decoded)
-            measure_variance(state, x, decoded)
     else:
-        state.next_offset()  # keep every rank's stream position in step
-        raw = x.detach().float().contiguous().view(torch.uint8)
-        frame = torch.cat([raw.new_tensor([_FRAME_RAW]), raw])
-    state.record(frame.numel(), buffer.numel() * buffer.element_size())
+        body = None
+    if fixed:
+        frame = make_frame(body, 1 + codecs.fixed_payload_bytes(numel, quantizer.bucket_size, levels))
+        gathered = wire.gather_fixed(0, frame)
+    else:
+        frame = make_frame(body)
+        gathered = wire.gather_variable(0, frame, state.payload_cap(numel), "raise", _HOOK)
+    state.record(frame.numel(), numel * buffer.element_size())
 
-    size = torch.tensor([frame.numel()], dtype=torch.int64, device=buffer.device)
-    sizes = [torch.empty_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    lengths = [int(s.item()) for s in sizes]
-    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=buffer.device)
-    padded[: frame.numel()] = frame
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    fut = dist.all_gather(gathered, padded, group=group, async_op=True).get_future()
+    def average(frames: list[torch.Tensor]) -> torch.Tensor | torch.futures.Future:
+        total = _average_frames(state, frames, numel, buffer.device, levels)
+        if total is None:
+            return wire.fp32_average(fallback_stage, buffer)
+        wire.skip(fallback_stage)
+        if q is not None and state.wants_decoded_own():
+            state.after_compression(bucket, x, quantizer.dequantize(q, torch.float32))
+        return buffer.copy_(total)
 
-    def decode_and_average(_: torch.futures.Future) -> torch.Tensor:
-        total = _average_frames(state, [g[:n] for g, n in zip(gathered, lengths)], buffer.numel(), buffer.device)
-        buffer.copy_(total)
-        return finish(state, bucket, buffer)
-
-    return fut.then(decode_and_average)
+    return finish(state, bucket, wire.chain(gathered, average))
 
 
-def _average_frames(state: CompressionState, frames: list[torch.Tensor], numel: int, device: torch.device) -> torch.Tensor:
-    world = len(frames)
-    norms, symbols, raws = [], [], []
-    # Payloads are decoded with the levels they carry: an adaptive quantizer may have refit its
-    # levels since they were encoded. All ranks encode with the same levels, so they must agree.
-    levels = None
-    for rank, frame in enumerate(frames):
-        try:
-            kind, body = _split_frame(frame)
-            if kind == _FRAME_RAW:
-                if body.numel() != numel * 4:
-                    raise ValueError(f"raw frame holds {body.numel()} bytes, expected {numel * 4}")
-                raws.append(body.clone().view(torch.float32))  # clone: realign to 4 bytes
-                continue
-            q = codecs.decode(body, numel=numel)
-            if q.bucket_size != state.quantizer.bucket_size:
-                raise ValueError(f"payload bucket size {q.bucket_size} differs from {state.quantizer.bucket_size}")
-            if levels is not None and q.levels != levels:
-                raise ValueError("payload was quantized with other levels than the other ranks' payloads")
-            levels = q.levels
-        except ValueError as err:
-            raise RuntimeError(f"commcomp allgather_hook: invalid payload from rank {rank}: {err}") from err
-        norms.append(q.norms.to(device))
-        symbols.append(q.symbols.to(device))
+def _average_frames(
+    state: CompressionState, frames: list[torch.Tensor], numel: int, device: torch.device, levels: Levels | None = None
+) -> torch.Tensor | None:
+    """The average of every rank's decoded frame, or ``None`` if some rank sent a non-finite marker.
+
+    Every payload must carry ``levels`` (default: the quantizer's), the levels this rank
+    quantized with: honest ranks quantize an iteration with the same levels, so a payload with
+    others is blamed on its sender.
+    """
+    expected = levels if levels is not None else state.quantizer.levels
+    bucket_size = state.quantizer.bucket_size
+
+    def decode(rank: int, body: torch.Tensor) -> QuantizedTensor:
+        q = codecs.decode(body, numel=numel)
+        if q.bucket_size != bucket_size:
+            raise ValueError(f"payload bucket size {q.bucket_size} differs from {bucket_size}")
+        if q.levels != expected:
+            raise ValueError(f"payload was quantized with other levels ({len(q.levels)} levels) than this iteration's")
+        return q
+
+    payloads, nonfinite = decode_frames(frames, decode, "raise", _HOOK)
+    if nonfinite:
+        return None
     total = torch.zeros(numel, dtype=torch.float32, device=device)
-    if levels is not None:
-        ops.dequantize_accumulate(total, norms, symbols, levels.tensor(device), state.quantizer.bucket_size, 1.0 / world)
-    for raw in raws:
-        total.add_(raw, alpha=1.0 / world)
+    ops.dequantize_accumulate(
+        total, [q.norms.to(device) for q in payloads], [q.symbols.to(device) for q in payloads],
+        expected.tensor(device), bucket_size, 1.0 / len(frames),
+    )
     return total
-
-
-def _split_frame(frame: torch.Tensor) -> tuple[int, torch.Tensor]:
-    if frame.numel() < 1:
-        raise ValueError("empty frame")
-    kind = int(frame[0].item())
-    if kind not in (_FRAME_RAW, _FRAME_CODEC):
-        raise ValueError(f"unknown frame kind {kind}")
-    return kind, frame[1:]

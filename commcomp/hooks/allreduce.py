@@ -1,8 +1,8 @@
 """Allreduce aggregation with a shared scale: the wire stays a (ring-efficient) allreduce.
 
 Ranks all-reduce the per-bucket max norm, quantize their gradients against that shared scale, map
-symbols to signed integers on the level table's grid, and all-reduce the integers. The sum decodes
-to the average.
+symbols to signed integers on the level table's grid, and all-reduce the integers (on the next
+lane of :mod:`._wire`, chained: the hook body waits for nothing). The sum decodes to the average.
 
 Trade-off against :func:`~commcomp.hooks.allgather_hook`: the estimate is still unbiased (stochastic
 rounding is unbiased for any scale >= the bucket's own norm), but each rank rounds at the coarser
@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from .. import ops
 from ..quantizers import Levels
-from ._common import allreduce_mean, finish, group_info, measure_variance, observe, update_residual, with_residual
+from ._wire import BucketWire, finish, fp32_allreduce, resolve_group
 from .state import CompressionState
 
 __all__ = ["allreduce_hook", "level_grid"]
@@ -68,47 +68,47 @@ def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
         >>> # ddp_model.register_comm_hook(state, allreduce_hook)
     """
     buffer = bucket.buffer()
-    if not state.compressing(buffer.numel()):
-        return allreduce_mean(state, bucket)
-    group, rank, world = group_info(state)
+    numel = buffer.numel()
+    if not state.compressing(numel):
+        return fp32_allreduce(state, bucket, state.record)
+    group = resolve_group(state.process_group)
     quantizer = state.quantizer
-    unit, integers = level_grid(quantizer.levels)
-    dtype = wire_dtype(int(integers[-1]), world)
+    levels = quantizer.levels
+    unit, integers = level_grid(levels)
+    dtype = wire_dtype(int(integers[-1]), group.world)
     if dtype == torch.int32:
         warnings.warn(
-            f"allreduce_hook: {quantizer!r} needs int32 sums at world size {world}, as many bytes as fp32; "
+            f"allreduce_hook: {quantizer!r} needs int32 sums at world size {group.world}, as many bytes as fp32; "
             "use fewer bits, QSGD levels, or allgather_hook",
             RuntimeWarning,
             stacklevel=2,
         )
-    x = with_residual(state, bucket)
-    norms = ops.bucket_norms(x.contiguous(), quantizer.bucket_size, quantizer.norm)
-    finite = bool(torch.isfinite(norms).all())
+    wire = BucketWire(state, group, 2, buffer.device)  # stages: norms, integers (or fp32)
+    x = state.with_residual(bucket).contiguous()
+    norms = ops.bucket_norms(x, quantizer.bucket_size, quantizer.norm)
+    finite = torch.isfinite(norms)
     # Norms and a "some rank is non-finite" flag travel in one MAX-allreduce.
-    packet = torch.cat([torch.where(torch.isfinite(norms), norms, torch.zeros_like(norms)), norms.new_tensor([0.0 if finite else 1.0])])
-    dist.all_reduce(packet, op=dist.ReduceOp.MAX, group=group)
-    state.record(packet.numel() * 4, 0)
+    packet = torch.cat([torch.where(finite, norms, torch.zeros_like(norms)), (~finite.all()).float().reshape(1)])
     offset = state.next_offset()
-    if packet[-1].item() != 0.0:
-        return allreduce_mean(state, bucket)
-    shared = packet[:-1].contiguous()
-    observe(state, x)
-    _, packed = ops.quantize(x.contiguous(), quantizer.levels.tensor(), quantizer.bucket_size, quantizer.norm,
-                             state.rank_seed(rank), offset, shared)
-    symbols = ops.unpack_symbols(packed, quantizer.bits, x.numel()).to(torch.int64)
-    signed = integers.to(x.device)[symbols >> 1] * (1 - 2 * (symbols & 1))
-    wire = signed.to(dtype)
-    state.record(wire.numel() * wire.element_size(), buffer.numel() * buffer.element_size())
-    scale = torch.repeat_interleave(shared, quantizer.bucket_size)[: x.numel()] * unit
-    if state.error_feedback or state.measuring_variance():
-        decoded = signed.float() * scale
-        update_residual(state, bucket, x, decoded)
-        measure_variance(state, x, decoded)
-    fut = dist.all_reduce(wire, group=group, async_op=True).get_future()
+    seed = state.rank_seed(group.rank)
+    state.observe(x)
+    state.record(packet.numel() * 4 + numel * dtype.itemsize, numel * buffer.element_size())
+    shared_norms = wire.start(
+        0, lambda g: dist.all_reduce(packet, op=dist.ReduceOp.MAX, group=g, async_op=True).get_future()
+    )
 
-    def decode_average(f: torch.futures.Future) -> torch.Tensor:
-        total = f.value()[0]
-        buffer.copy_(total.float() * scale / world)
-        return finish(state, bucket, buffer)
+    def reduce_integers(_: object) -> torch.futures.Future:
+        if packet[-1].item() != 0.0:
+            return wire.fp32_average(1, buffer)
+        shared = packet[:-1].contiguous()
+        _, packed = ops.quantize(x, levels.tensor(x.device), quantizer.bucket_size, quantizer.norm, seed, offset, shared)
+        symbols = ops.unpack_symbols(packed, quantizer.bits, numel).to(torch.int64)
+        signed = integers.to(x.device)[symbols >> 1] * (1 - 2 * (symbols & 1))
+        summed = signed.to(dtype)
+        scale = torch.repeat_interleave(shared, quantizer.bucket_size)[:numel] * unit
+        if state.wants_decoded_own():
+            state.after_compression(bucket, x, signed.float() * scale)
+        reduced = wire.start(1, lambda g: dist.all_reduce(summed, group=g, async_op=True).get_future())
+        return wire.chain(reduced, lambda _: buffer.copy_(summed.float() * scale / group.world))
 
-    return fut.then(decode_average)
+    return finish(state, bucket, wire.chain(shared_norms, reduce_integers))

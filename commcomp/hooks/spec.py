@@ -6,7 +6,7 @@ CODING in fixed, elias-gamma, elias-delta, elias-omega (``elias`` = elias-gamma)
 :func:`allgather_hook`. PyTorch's own hooks for comparison: ``fp16``, ``bf16``,
 ``powersgd:RANK``, ``quant-pertensor``. Two of PyTorch's hooks misbehave on Gloo in torch 2.13:
 ``quantization_pertensor_hook`` fails (it is refused here under Gloo), and ``powerSGD_hook`` can
-race between buckets, so :func:`commcomp.runtime.wrap_ddp` gives it a single DDP bucket.
+race between buckets, so the examples' ``wrap_ddp`` (examples/common) gives it a single DDP bucket.
 
 Example::
 
@@ -21,30 +21,17 @@ from typing import Any, Callable
 
 import torch.distributed as dist
 
-from ..quantizers import NUQSGD, QSGD, QSGDInf, Quantizer
+from .. import adaptive
+from ..codecs import canonical_coding
+from ..quantizers import make_quantizer, scheme_names
 from .allgather import allgather_hook
 from .allreduce import allreduce_hook
-from .state import CODINGS, CompressionState
+from .state import CompressionState
 
 __all__ = ["hook_from_spec", "make_quantizer", "SCHEMES"]
 
-SCHEMES = ("qsgd", "qsgdinf", "nuqsgd", "alq", "amq")
-
-
-def make_quantizer(scheme: str, bits: int, bucket_size: int = 512, **adaptive_kwargs: Any) -> Quantizer:
-    """The quantizer config a scheme name stands for."""
-    if scheme == "qsgd":
-        return QSGD(bits, bucket_size)
-    if scheme == "qsgdinf":
-        return QSGDInf(bits, bucket_size)
-    if scheme == "nuqsgd":
-        return NUQSGD(bits, bucket_size)
-    if scheme in ("alq", "amq"):
-        from .. import adaptive
-
-        cls = adaptive.ALQ if scheme == "alq" else adaptive.AMQ
-        return cls(bits, bucket_size, **adaptive_kwargs)
-    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+SCHEMES = scheme_names()  # the quantizers' registry; commcomp.adaptive has added ALQ and AMQ
+_ADAPTIVE = tuple(cls.name for cls in (adaptive.ALQ, adaptive.AMQ))
 
 
 def hook_from_spec(
@@ -70,13 +57,13 @@ def hook_from_spec(
     scheme = parts[0].removeprefix("allreduce-")
     if len(parts) not in (2, 3) or not parts[1].isdigit():
         raise ValueError(f"comm hook spec must look like 'nuqsgd:4[:elias]' or 'allreduce-qsgd:4', got {spec!r}")
-    coding = parts[2] if len(parts) == 3 else "fixed"
-    coding = "elias-gamma" if coding == "elias" else coding
-    if coding not in CODINGS:
-        raise ValueError(f"coding in {spec!r} must be one of {CODINGS} (or 'elias'), got {coding!r}")
+    try:
+        coding = canonical_coding(parts[2] if len(parts) == 3 else "fixed")
+    except ValueError as err:
+        raise ValueError(f"in comm hook spec {spec!r}: {err}") from None
     if use_allreduce and coding != "fixed":
         raise ValueError(f"allreduce hooks send integers, not coded payloads: drop ':{coding}' from {spec!r}")
-    adaptive_kwargs = {"update_schedule": update_schedule} if update_schedule is not None and scheme in ("alq", "amq") else {}
+    adaptive_kwargs = {"update_schedule": update_schedule} if update_schedule is not None and scheme in _ADAPTIVE else {}
     quantizer = make_quantizer(scheme, int(parts[1]), bucket_size, **adaptive_kwargs)
     state = CompressionState(quantizer, process_group, coding=coding, **state_kwargs)
     return state, allreduce_hook if use_allreduce else allgather_hook

@@ -8,19 +8,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .. import codecs
+from ..codecs import CODINGS, canonical_coding
 from ..quantizers import Quantizer
+from ._wire import HookState
 
 __all__ = ["CompressionState", "CODINGS"]
 
 logger = logging.getLogger("commcomp.hooks")
-
-CODINGS = tuple(codecs.CODINGS)  # the symbol codings commcomp.codecs implements
 # Golden-ratio increment: spreads rank ids over the 63-bit Philox key space.
 _RANK_KEY_STRIDE = 0x9E3779B97F4A7C15
 
 
-class CompressionState:
+class CompressionState(HookState):
     r"""Configuration and running state of :func:`allgather_hook` / :func:`allreduce_hook`.
 
     Args:
@@ -28,7 +27,8 @@ class CompressionState:
             ``FixedLevels``) or an adaptive one (``ALQ``, ``AMQ``), which is refitted on its schedule.
         process_group: the group to communicate in (``None``: the default group).
         coding: symbol coding on the wire for :func:`allgather_hook`: ``"fixed"`` (bit packing) or
-            ``"elias-gamma"`` / ``"elias-delta"`` / ``"elias-omega"`` (run-length + Elias).
+            ``"elias-gamma"`` / ``"elias-delta"`` / ``"elias-omega"`` (run-length + Elias;
+            ``"elias"`` = ``"elias-gamma"``).
         seed: base seed of the Philox streams; each rank derives its own key from it, so
             quantization noise is independent across ranks and reproducible across runs.
         start_iter: iterations run with plain fp32 allreduce before compression starts (warm-up,
@@ -39,6 +39,10 @@ class CompressionState:
             same bucket (biased but lower-variance; the residuals are checkpointed).
         log_every: log wire statistics (and measure the quantization variance) every this many
             iterations; 0 disables.
+        max_payload_bytes: largest payload a peer may announce for one bucket (variable-size
+            codings); a larger announcement raises :class:`~commcomp.hooks.PeerPayloadError`
+            naming that rank before anything is allocated. Default: the bucket's fp32 size plus
+            4 KiB (no honest payload is larger).
 
     Attributes:
         iteration: training iterations completed (advanced when the last bucket is reduced).
@@ -61,14 +65,13 @@ class CompressionState:
 
     __slots__ = (
         "quantizer",
-        "process_group",
         "coding",
         "seed",
         "start_iter",
         "min_compression_numel",
         "error_feedback",
         "log_every",
-        "iteration",
+        "max_payload_bytes",
         "offset",
         "residuals",
         "bytes_sent",
@@ -91,23 +94,25 @@ class CompressionState:
         min_compression_numel: int = 1024,
         error_feedback: bool = False,
         log_every: int = 100,
+        max_payload_bytes: int | None = None,
     ) -> None:
         if not isinstance(quantizer, Quantizer):
             raise ValueError(f"quantizer must be a commcomp Quantizer, got {type(quantizer).__name__}")
-        if coding not in CODINGS:
-            raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
+        coding = canonical_coding(coding)
         for name, value in (("seed", seed), ("start_iter", start_iter), ("min_compression_numel", min_compression_numel), ("log_every", log_every)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        if max_payload_bytes is not None and (not isinstance(max_payload_bytes, int) or max_payload_bytes < 1):
+            raise ValueError(f"max_payload_bytes must be a positive int or None, got {max_payload_bytes!r}")
+        super().__init__(process_group)
         self.quantizer = quantizer
-        self.process_group = process_group
         self.coding = coding
         self.seed = seed
         self.start_iter = start_iter
         self.min_compression_numel = min_compression_numel
         self.error_feedback = bool(error_feedback)
         self.log_every = log_every
-        self.iteration = 0
+        self.max_payload_bytes = max_payload_bytes
         self.offset = 0
         self.residuals: dict[int, torch.Tensor] = {}
         self.bytes_sent = 0
@@ -139,23 +144,58 @@ class CompressionState:
     def measuring_variance(self) -> bool:
         return self.log_every > 0 and self.iteration % self.log_every == 0
 
-    def finish_iteration(self) -> None:
-        """Called by the hooks after the last bucket of an iteration."""
+    def with_residual(self, bucket: dist.GradBucket) -> torch.Tensor:
+        """The bucket's flat gradient plus its error-feedback residual (if any)."""
+        x = bucket.buffer()
+        if not self.error_feedback:
+            return x
+        residual = self.residuals.get(bucket.index())
+        if residual is None or residual.numel() != x.numel():
+            return x
+        return x.float() + residual.to(x.device)
+
+    def after_compression(self, bucket: dist.GradBucket, sent: torch.Tensor, decoded: torch.Tensor) -> None:
+        """Keep the residual of what this rank sent and measure the quantization variance."""
+        if self.error_feedback:
+            self.residuals[bucket.index()] = (sent.float() - decoded).detach()
+        if self.measuring_variance():
+            xf = sent.float()
+            denom = float(xf.pow(2).sum())
+            self.variance_estimate = float((decoded - xf).pow(2).sum()) / denom if denom > 0 else 0.0
+
+    def wants_decoded_own(self) -> bool:
+        """Whether :meth:`after_compression` needs this rank's own decoded bucket."""
+        return self.error_feedback or self.measuring_variance()
+
+    def observe(self, x: torch.Tensor, norms: torch.Tensor | None = None) -> None:
+        """Feed adaptive quantizers (ALQ/AMQ) the statistics they refit from, on the iterations
+        their schedule asks for (``norms``: the bucket norms, if already computed)."""
+        should_observe = getattr(self.quantizer, "should_observe", None)
+        if should_observe is not None and should_observe(self.iteration):
+            self.quantizer.observe(x, norms)
+
+    def payload_cap(self, numel: int) -> int:
+        """Largest payload accepted from a peer for a bucket of ``numel`` elements."""
+        return self.max_payload_bytes if self.max_payload_bytes is not None else 4 * numel + 4096
+
+    def _end_iteration(self) -> torch.futures.Future | None:
+        """Called by the wire layer in the body of an iteration's last bucket."""
         self.bytes_sent = self._bytes_sent_running
         self.bytes_uncompressed = self._bytes_uncompressed_running
         self.compression_ratio = self.bytes_uncompressed / self.bytes_sent if self.bytes_sent else 1.0
         self.total_bytes_sent += self.bytes_sent
         self.total_bytes_uncompressed += self.bytes_uncompressed
         self._bytes_sent_running = self._bytes_uncompressed_running = 0
-        update = getattr(self.quantizer, "maybe_update", None)
-        if update is not None:  # a collective on refit iterations: every rank calls it, warm-up included
-            update(self.iteration, self.process_group)
         if self.log_every and self.iteration % self.log_every == 0:
             logger.info(
                 "iteration %d: sent %d bytes (fp32 would send %d, ratio %.2fx), quantization variance %.4g",
                 self.iteration, self.bytes_sent, self.bytes_uncompressed, self.compression_ratio, self.variance_estimate,
             )
-        self.iteration += 1
+        should_observe = getattr(self.quantizer, "should_observe", None)
+        if should_observe is not None and should_observe(self.iteration):
+            # A collective on refit iterations: every rank gets here, warm-up included.
+            return self.quantizer.start_update(self.process_group)
+        return None
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -182,7 +222,7 @@ class CompressionState:
             raise ValueError(
                 f"checkpoint was made with {state['quantizer_repr']}, this state uses {self.quantizer!r}"
             )
-        self.coding = state.get("coding", self.coding)
+        self.coding = canonical_coding(state.get("coding", self.coding))
         self.seed = int(state["seed"])
         self.start_iter = int(state.get("start_iter", self.start_iter))
         self.min_compression_numel = int(state.get("min_compression_numel", self.min_compression_numel))

@@ -2,7 +2,8 @@
 
 Every rank all-gathers every rank's bucket (optionally compressed by a codec), decodes and
 checks each row, and applies the same robust rule, so all ranks end with the same gradient and
-identical parameters, as with allreduce. Byzantine ranks are *simulated* by the state: ranks in
+identical parameters, as with allreduce. The collectives go through the wire layer every
+commcomp hook shares (:mod:`commcomp.hooks._wire`): nothing in the hook body waits for a peer. Byzantine ranks are *simulated* by the state: ranks in
 ``byzantine_ranks`` replace their bucket by ``attack``'s output before sending. Omniscient
 attacks (IPM, ALIE, mimic, adaptive) need the honest gradients of the step; for them the hook
 first runs one extra fp32 all-gather (a "spy" round the attackers read; it exists only in this
@@ -10,12 +11,13 @@ simulation and costs one more all-gather per bucket).
 
 Untrusted rows: a payload whose announced size exceeds ``max_payload_bytes``, whose decoding
 raises, which decodes to the wrong number of elements, or which holds a non-finite value is
-turned into an all-NaN row and handled by ``invalid_policy`` (see
+turned into an all-NaN row (the wire layer's ``"mark"`` policy) and handled by ``invalid_policy`` (see
 :func:`~commcomp.robust.validation.sanitize`): ``"drop"`` removes the row and counts it as one
 of the ``tolerance`` Byzantine ranks, ``"zero"`` replaces it by zeros. ``state.rejected[r]``
 counts rejected rows from rank r. A rank never crashes or hangs on another rank's payload. When
 every row is invalid (e.g. an fp16 overflow on all ranks) the bucket becomes NaN, so AMP's
-GradScaler skips the step; a rank whose own gradient is non-finite sends an empty payload.
+GradScaler skips the step; a rank whose own gradient is non-finite sends the wire layer's
+non-finite marker (raw fp32 rows simply carry their NaN).
 
 Aggregation is per DDP bucket: Krum-like rules select per bucket. Pass a ``bucket_cap_mb``
 large enough for one bucket when whole-model selection matters. A MixTailor aggregator draws
@@ -40,6 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..hooks._wire import BucketWire, HookState, decode_frames, finish, make_frame, resolve_group
 from .aggregators import Aggregator
 from .attacks import Attack
 from .validation import InvalidPolicy, check_f, sanitize
@@ -57,7 +60,7 @@ class Codec(Protocol):
         """1-D uint8 payload -> fp32 tensor of ``numel`` elements; raises on a bad payload."""
 
 
-class RobustAggregationState:
+class RobustAggregationState(HookState):
     """State of :func:`robust_aggregation_hook`.
 
     Hyperparameters:
@@ -84,14 +87,12 @@ class RobustAggregationState:
     __slots__ = (
         "aggregator",
         "tolerance",
-        "process_group",
         "byzantine_ranks",
         "attack",
         "codec",
         "invalid_policy",
         "seed",
         "max_payload_bytes",
-        "iteration",
         "rejected",
     )
 
@@ -124,12 +125,11 @@ class RobustAggregationState:
             raise ValueError(f"invalid_policy must be 'drop' or 'zero', got {invalid_policy!r}")
         if max_payload_bytes is not None and max_payload_bytes < 1:
             raise ValueError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
+        super().__init__(process_group)
         self.aggregator, self.tolerance = aggregator, tolerance
-        self.process_group = process_group
         self.byzantine_ranks, self.attack, self.codec = byz, attack, codec
         self.invalid_policy, self.seed = invalid_policy, int(seed)
         self.max_payload_bytes = max_payload_bytes
-        self.iteration = 0
         self.rejected: list[int] = []
 
     def state_dict(self) -> dict[str, Any]:
@@ -154,17 +154,13 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _byzantine_row(state: RobustAggregationState, local: torch.Tensor, rank: int, world: int, key: tuple[int, ...], group: Any) -> torch.Tensor:
-    """What this rank sends: its gradient, or (on a Byzantine rank) the attack's output."""
+def _byzantine_row(state: RobustAggregationState, local: torch.Tensor, honest: torch.Tensor | None, rank: int, key: tuple[int, ...]) -> torch.Tensor:
+    """What this rank sends: its gradient, or (on a Byzantine rank) the attack's output.
+
+    ``honest``: the honest ranks' rows, for omniscient attacks (from the spy round).
+    """
     attack, byz = state.attack, state.byzantine_ranks
     assert attack is not None
-    honest_ranks = [r for r in range(world) if r not in byz]
-    honest = None
-    if attack.omniscient:
-        # the spy round: a collective, so honest ranks take part too
-        everyone = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(everyone, local, group=group)
-        honest = torch.stack([everyone[r] for r in honest_ranks])
     if rank not in byz:
         return local
     common = dict(aggregator=state.aggregator, tolerance=state.tolerance)
@@ -176,48 +172,36 @@ def _byzantine_row(state: RobustAggregationState, local: torch.Tensor, rank: int
     return own[0].to(local.dtype)
 
 
-def _gather_raw(local: torch.Tensor, world: int, group: Any):
-    out = [torch.empty_like(local) for _ in range(world)]
-    fut = dist.all_gather(out, local, group=group, async_op=True).get_future()
-    return fut, lambda: out
-
-
-def _gather_encoded(state: RobustAggregationState, local: torch.Tensor, world: int, group: Any):
-    codec, numel = state.codec, local.numel()
-    if bool(torch.isfinite(local).all()):
-        payload = codec.encode(local)
+def _send_rows(state: RobustAggregationState, wire: BucketWire, stage: int, row: torch.Tensor) -> torch.futures.Future:
+    """Gather every rank's row (fp32, or through ``state.codec``); undecodable rows come back NaN."""
+    numel = row.numel()
+    if state.codec is None:
+        return wire.gather_fixed(stage, row)  # a non-finite row carries its own NaN
+    codec = state.codec
+    if bool(torch.isfinite(row).all()):
+        payload = codec.encode(row)
         if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or payload.dim() != 1:
             raise ValueError("codec.encode must return a 1-D uint8 tensor")
+        frame = make_frame(payload)
     else:
-        payload = torch.empty(0, dtype=torch.uint8, device=local.device)  # 'no valid gradient'
-    # all-gather the sizes first, then payloads padded to the largest *accepted* size
-    sizes_t = [torch.zeros(1, dtype=torch.int64, device=local.device) for _ in range(world)]
-    dist.all_gather(sizes_t, torch.tensor([payload.numel()], dtype=torch.int64, device=local.device), group=group)
-    sizes = [int(s) for s in sizes_t]
+        frame = make_frame(None)
     cap = state.max_payload_bytes or 8 * numel + 4096
-    width = max(1, min(max(sizes), cap))
-    padded = torch.zeros(width, dtype=torch.uint8, device=local.device)
-    padded[: min(payload.numel(), width)] = payload[:width]
-    out = [torch.empty_like(padded) for _ in range(world)]
-    fut = dist.all_gather(out, padded, group=group, async_op=True).get_future()
 
-    def decode() -> list[torch.Tensor]:
-        rows = []
-        nan_row = torch.full((numel,), float("nan"), dtype=torch.float32, device=local.device)
-        for r in range(world):
-            if not 0 < sizes[r] <= width:
-                rows.append(nan_row)
-                continue
-            try:
-                g = codec.decode(out[r][: sizes[r]], numel)
-                if not isinstance(g, torch.Tensor) or g.numel() != numel:
-                    raise ValueError("decoded size mismatch")
-                rows.append(g.reshape(-1).to(torch.float32))
-            except Exception:  # an untrusted payload must not crash an honest rank
-                rows.append(nan_row)
-        return rows
+    def decode(rank: int, body: torch.Tensor) -> torch.Tensor:
+        try:  # a user codec may raise anything on an untrusted payload
+            g = codec.decode(body, numel)
+        except Exception as err:
+            raise ValueError(f"codec.decode failed: {err}") from err
+        if not isinstance(g, torch.Tensor) or g.numel() != numel:
+            raise ValueError("decoded size mismatch")
+        return g.reshape(-1).to(torch.float32)
 
-    return fut, decode
+    def rows_of(frames: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        rows, _ = decode_frames(frames, decode, "mark", "robust_aggregation_hook")
+        nan_row = torch.full((numel,), float("nan"), dtype=torch.float32, device=row.device)
+        return [nan_row if r is None else r for r in rows]
+
+    return wire.chain(wire.gather_variable(stage, frame, cap, "mark", "robust_aggregation_hook"), rows_of)
 
 
 def robust_aggregation_hook(state: RobustAggregationState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -225,8 +209,8 @@ def robust_aggregation_hook(state: RobustAggregationState, bucket: dist.GradBuck
 
     Register with ``ddp_model.register_comm_hook(state, robust_aggregation_hook)``.
     """
-    group = state.process_group if state.process_group is not None else dist.group.WORLD
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    group = resolve_group(state.process_group)
+    world, rank = group.world, group.rank
     if state.byzantine_ranks and (state.byzantine_ranks[-1] >= world or len(state.byzantine_ranks) >= world):
         raise ValueError(f"byzantine_ranks {state.byzantine_ranks} must be ranks < {world} leaving an honest rank")
     state.aggregator.check_workers(world, state.tolerance)
@@ -236,25 +220,34 @@ def robust_aggregation_hook(state: RobustAggregationState, bucket: dist.GradBuck
     buffer = bucket.buffer()
     local = buffer.detach().reshape(-1).to(torch.float32).clone()
     step = state.iteration
-    if state.attack is not None and state.byzantine_ranks:
-        local = _byzantine_row(state, local, rank, world, (step, bucket.index()), group)
-    if state.codec is None:
-        fut, rows_of = _gather_raw(local, world, group)
+    key = (step, bucket.index())
+    attacking = state.attack is not None and bool(state.byzantine_ranks)
+    # The spy round exists only in this simulation: omniscient attackers read the honest rows.
+    spy = attacking and state.attack.omniscient
+    stages = (1 if spy else 0) + (1 if state.codec is None else 2)
+    wire = BucketWire(state, group, stages, buffer.device)
+    if spy:
+        honest_ranks = [r for r in range(world) if r not in state.byzantine_ranks]
+        everyone = wire.gather_fixed(0, local)
+        rows = wire.chain(
+            everyone,
+            lambda all_rows: _send_rows(
+                state, wire, 1, _byzantine_row(state, local, torch.stack([all_rows[r] for r in honest_ranks]), rank, key)
+            ),
+        )
     else:
-        fut, rows_of = _gather_encoded(state, local, world, group)
-    if bucket.is_last():
-        state.iteration += 1
+        row = _byzantine_row(state, local, None, rank, key) if attacking else local
+        rows = _send_rows(state, wire, 0, row)
 
-    def finish(_: torch.futures.Future) -> torch.Tensor:
-        stacked = torch.stack(rows_of())
-        rows, f_eff, bad = sanitize(stacked, state.tolerance, state.invalid_policy)
+    def aggregate(gathered: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack(list(gathered))
+        kept, f_eff, bad = sanitize(stacked, state.tolerance, state.invalid_policy)
         for r in bad.nonzero().flatten().tolist():
             state.rejected[r] += 1
-        if rows.shape[0] == 0:
+        if kept.shape[0] == 0:
             result = torch.full_like(local, float("nan"))
         else:
-            result = state.aggregator.for_step(step)(rows, f_eff)
-        buffer.copy_(result.view(buffer.shape).to(buffer.dtype))
-        return buffer
+            result = state.aggregator.for_step(step)(kept, f_eff)
+        return buffer.copy_(result.view(buffer.shape).to(buffer.dtype))
 
-    return fut.then(finish)
+    return finish(state, bucket, wire.chain(rows, aggregate))

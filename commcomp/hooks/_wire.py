@@ -1,0 +1,397 @@
+"""The one wire layer under every commcomp DDP hook (compression and robust aggregation alike).
+
+What it owns, so no hook writes it again:
+
+* **Groups and lanes.** A hook's first collective starts in the hook body, on the hook's group.
+  A collective that needs an earlier one's result starts from a ``Future`` callback, and
+  callbacks of different buckets finish in any order: launched on one group, two ranks could
+  issue the same collectives in different orders and exchange the wrong buffers. So stage ``k >= 1``
+  of a bucket runs on *lane* ``k``, a process group of its own, and each lane launches strictly in
+  the order the hook bodies ran (:class:`Lanes`). Every rank then issues the same sequence on
+  every group, and nothing in a hook body waits for a peer.
+* **Frames.** What a rank sends for a bucket: one kind byte, then a codec payload
+  (``FRAME_PAYLOAD``), or nothing but padding when the rank's bucket holds inf/NaN
+  (``FRAME_NONFINITE``). A non-finite bucket anywhere sends that bucket again as a plain fp32
+  average on the next lane (:meth:`BucketWire.fp32_average`), so AMP's GradScaler sees exactly
+  what PyTorch's default hook would have given it.
+* **Untrusted sizes.** :meth:`BucketWire.gather_variable` exchanges sizes first and refuses any
+  announced size above a cap before it allocates anything.
+* **Undecodable peers.** :func:`decode_frames` applies one policy: ``"raise"`` a
+  :class:`PeerPayloadError` naming the sender, or ``"mark"`` the row invalid (``None``).
+* **Iterations.** :func:`finish` is the one place an iteration ends: synchronously, in the body
+  of the last bucket, where every rank gets to in the same order.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "FRAME_PAYLOAD",
+    "FRAME_NONFINITE",
+    "OnInvalid",
+    "PeerPayloadError",
+    "GroupInfo",
+    "HookState",
+    "Lanes",
+    "BucketWire",
+    "resolve_group",
+    "make_frame",
+    "frame_kind",
+    "decode_frames",
+    "fp32_allreduce",
+    "finish",
+    "chain",
+    "done_future",
+]
+
+FRAME_PAYLOAD, FRAME_NONFINITE = 1, 2
+OnInvalid = Literal["raise", "mark"]
+
+
+class PeerPayloadError(RuntimeError):
+    """A payload (or the size it announced) from another rank failed validation.
+
+    ``rank`` is the sender's rank in the hook's group; the message names it.
+    """
+
+    def __init__(self, hook: str, rank: int, reason: str) -> None:
+        super().__init__(f"commcomp {hook}: invalid payload from rank {rank}: {reason}")
+        self.rank = rank
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    group: dist.ProcessGroup
+    rank: int
+    world: int
+
+
+def resolve_group(process_group: dist.ProcessGroup | None) -> GroupInfo:
+    group = process_group if process_group is not None else dist.group.WORLD
+    return GroupInfo(group, dist.get_rank(group), dist.get_world_size(group))
+
+
+class Lanes:
+    """Process groups for collectives launched from callbacks, each launching in body order.
+
+    Lane ``k`` is created on first use, from a hook body (every rank reaches it at the same
+    bucket, so the group creation — a one-off store barrier — is matched). Tickets are reserved in
+    hook bodies, hence in the same order on every rank; a lane launches ticket ``t`` only after
+    every earlier ticket was launched or skipped.
+    """
+
+    def __init__(self, base: dist.ProcessGroup) -> None:
+        self._base = base
+        self._groups: list[dist.ProcessGroup] = []
+        self._reserved: list[int] = []
+        self._next: list[int] = []
+        self._waiting: list[dict[int, Callable[[dist.ProcessGroup], None] | None]] = []
+        self._lock = threading.RLock()
+
+    def reserve(self, lane: int) -> int:
+        """A ticket on ``lane`` (>= 1); call from a hook body only."""
+        while len(self._groups) < lane:
+            ranks = dist.get_process_group_ranks(self._base)
+            self._groups.append(
+                dist.new_group(ranks=ranks, backend=dist.get_backend(self._base), use_local_synchronization=True)
+            )
+            self._reserved.append(0)
+            self._next.append(0)
+            self._waiting.append({})
+        with self._lock:
+            ticket = self._reserved[lane - 1]
+            self._reserved[lane - 1] += 1
+        return ticket
+
+    def submit(self, lane: int, ticket: int, launch: Callable[[dist.ProcessGroup], None] | None) -> None:
+        """Run ``launch(group)`` (or nothing, for ``None``: a skipped stage) in ticket order."""
+        with self._lock:
+            waiting = self._waiting[lane - 1]
+            waiting[ticket] = launch
+            while self._next[lane - 1] in waiting:
+                start = waiting.pop(self._next[lane - 1])
+                self._next[lane - 1] += 1
+                if start is not None:
+                    start(self._groups[lane - 1])  # launches without waiting (async_op=True)
+
+
+class HookState:
+    """What the wire layer keeps for a hook: its group, its iteration and its lanes.
+
+    Subclasses (:class:`~commcomp.hooks.CompressionState`, the robust hook's state) override
+    :meth:`_end_iteration`.
+    """
+
+    __slots__ = ("process_group", "iteration", "_lanes")
+
+    def __init__(self, process_group: dist.ProcessGroup | None) -> None:
+        self.process_group = process_group
+        self.iteration = 0
+        self._lanes: Lanes | None = None
+
+    def lanes(self, group: dist.ProcessGroup) -> Lanes:
+        if self._lanes is None:
+            self._lanes = Lanes(group)
+        return self._lanes
+
+    def _end_iteration(self) -> torch.futures.Future | None:
+        """Bookkeeping after the last bucket's body; may return a future the iteration waits for."""
+        return None
+
+
+def done_future(value: Any, device: torch.device | None = None) -> torch.futures.Future:
+    fut = _new_future(device)
+    fut.set_result(value)
+    return fut
+
+
+def _new_future(device: torch.device | None) -> torch.futures.Future:
+    # CUDA values need their devices declared so the future records the streams that made them.
+    if device is not None and device.type == "cuda":
+        return torch.futures.Future(devices=[device])
+    return torch.futures.Future()
+
+
+def _settle(out: torch.futures.Future, fn: Callable[[], Any]) -> None:
+    try:
+        result = fn()
+    except BaseException as err:  # noqa: BLE001 (handed to whoever waits on `out`)
+        out.set_exception(err)
+        return
+    if isinstance(result, torch.futures.Future):
+        result.add_done_callback(lambda f: _settle(out, f.value))
+    else:
+        out.set_result(result)
+
+
+def chain(fut: torch.futures.Future, fn: Callable[[Any], Any], device: torch.device | None = None) -> torch.futures.Future:
+    """``fut.then(fn)`` where ``fn(value)`` may return a value or another future (flattened).
+
+    Errors of ``fut`` or ``fn`` reach the returned future; nothing waits.
+    """
+    out = _new_future(device)
+    fut.add_done_callback(lambda f: _settle(out, lambda: fn(f.value())))
+    return out
+
+
+class BucketWire:
+    """The collectives of one bucket: stage 0 on the hook's group from the body, stage ``k >= 1``
+    on lane ``k`` from callbacks.
+
+    Construct it in the hook body with the most stages the bucket can use (a function of the
+    configuration only, so every rank reserves the same tickets); every reserved stage is then
+    either started or skipped exactly once — :meth:`chain` skips what an error left unstarted.
+    """
+
+    def __init__(self, state: HookState, group: GroupInfo, stages: int, device: torch.device) -> None:
+        self.group = group
+        self.device = device
+        self._lanes = state.lanes(group.group) if stages > 1 else None
+        self._tickets = {k: self._lanes.reserve(k) for k in range(1, stages)} if self._lanes else {}
+        self._open = set(self._tickets)
+
+    def start(self, stage: int, launch: Callable[[dist.ProcessGroup], torch.futures.Future]) -> torch.futures.Future:
+        """Launch ``launch(group)`` as ``stage``; returns a future of the collective's result."""
+        if stage == 0:
+            return launch(self.group.group)
+        self._open.remove(stage)
+        out = _new_future(self.device)
+
+        def start_on(group: dist.ProcessGroup) -> None:
+            try:
+                inner = launch(group)
+            except BaseException as err:  # noqa: BLE001
+                out.set_exception(err)
+                return
+            inner.add_done_callback(lambda f: _settle(out, f.value))
+
+        self._lanes.submit(stage, self._tickets[stage], start_on)
+        return out
+
+    def skip(self, stage: int) -> None:
+        if stage in self._open:
+            self._open.remove(stage)
+            self._lanes.submit(stage, self._tickets[stage], None)
+
+    def skip_rest(self) -> None:
+        for stage in sorted(self._open):
+            self.skip(stage)
+
+    def chain(self, fut: torch.futures.Future, fn: Callable[[Any], Any]) -> torch.futures.Future:
+        """:func:`chain`, skipping every still-open stage if ``fut`` or ``fn`` fails."""
+
+        def guarded(value: Any) -> Any:
+            try:
+                return fn(value)
+            except BaseException:
+                self.skip_rest()
+                raise
+
+        out = _new_future(self.device)
+
+        def on_done(f: torch.futures.Future) -> None:
+            try:
+                value = f.value()
+            except BaseException:
+                self.skip_rest()
+                _settle(out, f.value)
+                return
+            _settle(out, lambda: guarded(value))
+
+        fut.add_done_callback(on_done)
+        return out
+
+    # -- collectives -------------------------------------------------------------------------
+    def gather_fixed(self, stage: int, frame: torch.Tensor) -> torch.futures.Future:
+        """All-gather equal-size frames; the future's value is the list of every rank's frame."""
+        world = self.group.world
+        out = torch.empty(world * frame.numel(), dtype=frame.dtype, device=frame.device)
+
+        def launch(group: dist.ProcessGroup) -> torch.futures.Future:
+            return dist.all_gather_single(out, frame, group=group, async_op=True).get_future()
+
+        return self.chain(self.start(stage, launch), lambda _: list(out.view(world, -1)))
+
+    def gather_variable(self, stage: int, frame: torch.Tensor, cap: int, on_invalid: OnInvalid, hook: str) -> torch.futures.Future:
+        """All-gather frames of any size: sizes on ``stage``, frames on ``stage + 1``.
+
+        A size above ``cap`` (bytes) is never allocated: with ``on_invalid="raise"`` every rank
+        raises :class:`PeerPayloadError` naming the sender, with ``"mark"`` that rank's frame is
+        ``None``. Every rank sees the same sizes, so every rank takes the same branch.
+        """
+        world = self.group.world
+        size = torch.tensor([_announced_size(frame)], dtype=torch.int64, device=frame.device)
+        sizes = torch.empty(world, dtype=torch.int64, device=frame.device)
+
+        def launch_sizes(group: dist.ProcessGroup) -> torch.futures.Future:
+            return dist.all_gather_single(sizes, size, group=group, async_op=True).get_future()
+
+        def gather_frames(_: Any) -> Any:
+            announced = sizes.tolist()
+            accepted = [0 < n <= cap for n in announced]
+            if on_invalid == "raise" and not all(accepted):
+                rank = accepted.index(False)
+                raise PeerPayloadError(hook, rank, f"announced {announced[rank]} bytes, outside [1, {cap}]")
+            width = max([n for n, ok in zip(announced, accepted) if ok], default=0)
+            if width == 0:
+                self.skip(stage + 1)
+                return [None] * world
+            padded = torch.zeros(width, dtype=torch.uint8, device=frame.device)
+            padded[: min(width, frame.numel())] = frame[:width]
+            out = torch.empty(world * width, dtype=torch.uint8, device=frame.device)
+
+            def launch_frames(group: dist.ProcessGroup) -> torch.futures.Future:
+                return dist.all_gather_single(out, padded, group=group, async_op=True).get_future()
+
+            rows = out.view(world, width)
+            return self.chain(
+                self.start(stage + 1, launch_frames),
+                lambda _: [rows[r, : announced[r]] if accepted[r] else None for r in range(world)],
+            )
+
+        return self.chain(self.start(stage, launch_sizes), gather_frames)
+
+    def fp32_average(self, stage: int, buffer: torch.Tensor) -> torch.futures.Future:
+        """``buffer`` reduced as PyTorch's default hook does it (in place: fp32 sum / world), on
+        ``stage``; the future's value is ``buffer``."""
+        buffer.div_(self.group.world)
+
+        def launch(group: dist.ProcessGroup) -> torch.futures.Future:
+            return dist.all_reduce(buffer, group=group, async_op=True).get_future()
+
+        return self.chain(self.start(stage, launch), lambda _: buffer)
+
+
+def _announced_size(frame: torch.Tensor) -> int:
+    # What this rank tells its peers; a separate function so tests can play a hostile peer.
+    return frame.numel()
+
+
+def make_frame(body: torch.Tensor | None, size: int | None = None) -> torch.Tensor:
+    """A kind byte followed by ``body`` (a uint8 payload), or the non-finite marker for ``None``.
+
+    ``size`` pads the frame to a length every rank computes the same (fixed-width payloads), so
+    a marker travels in the same collective as everyone else's payload.
+    """
+    length = size if size is not None else 1 + (body.numel() if body is not None else 0)
+    device = body.device if body is not None else None
+    frame = torch.zeros(length, dtype=torch.uint8, device=device)
+    frame[0] = FRAME_NONFINITE if body is None else FRAME_PAYLOAD
+    if body is not None:
+        if 1 + body.numel() > length:
+            raise ValueError(f"payload of {body.numel()} bytes does not fit a frame of {length} bytes")
+        frame[1 : 1 + body.numel()] = body
+    return frame
+
+
+def frame_kind(frame: torch.Tensor) -> int:
+    if frame.numel() < 1:
+        raise ValueError("empty frame")
+    kind = int(frame[0])
+    if kind not in (FRAME_PAYLOAD, FRAME_NONFINITE):
+        raise ValueError(f"unknown frame kind {kind}")
+    return kind
+
+
+def decode_frames(
+    frames: Sequence[torch.Tensor | None],
+    decode: Callable[[int, torch.Tensor], Any],
+    on_invalid: OnInvalid,
+    hook: str,
+) -> tuple[list[Any], bool]:
+    """Decode every rank's frame with ``decode(rank, body)``; returns ``(rows, any_nonfinite)``.
+
+    A row is ``None`` for a non-finite marker and, under ``on_invalid="mark"``, for a frame that
+    is missing or fails to decode (``ValueError``); under ``"raise"`` such a frame raises
+    :class:`PeerPayloadError` naming its sender.
+    """
+    rows: list[Any] = []
+    nonfinite = False
+    for rank, frame in enumerate(frames):
+        try:
+            if frame is None:
+                raise ValueError("no frame (its announced size was refused)")
+            if frame_kind(frame) == FRAME_NONFINITE:
+                nonfinite = True
+                rows.append(None)
+                continue
+            rows.append(decode(rank, frame[1:]))
+        except ValueError as err:
+            if on_invalid == "raise":
+                raise PeerPayloadError(hook, rank, str(err)) from err
+            rows.append(None)
+    return rows, nonfinite
+
+
+def fp32_allreduce(state: HookState, bucket: dist.GradBucket, record: Callable[[int, int], None] | None = None) -> torch.futures.Future:
+    """PyTorch's default fp32 allreduce (average) of ``bucket``, from a hook body: warm-up, small
+    buckets, and hooks that compress nothing."""
+    group = resolve_group(state.process_group)
+    buffer = bucket.buffer()
+    if record is not None:
+        nbytes = buffer.numel() * buffer.element_size()
+        record(nbytes, nbytes)
+    return finish(state, bucket, BucketWire(state, group, 1, buffer.device).fp32_average(0, buffer))
+
+
+def finish(state: HookState, bucket: dist.GradBucket, fut: torch.futures.Future) -> torch.futures.Future:
+    """Every hook returns through here. On the last bucket the iteration ends *now*, in the body:
+    bodies run in bucket order on every rank, so whatever the end of an iteration launches (an
+    ALQ refit's all-reduce) is issued in the same place on every rank. The returned future waits
+    for that too, so the next iteration starts with its results in place."""
+    if not bucket.is_last():
+        return fut
+    extra = state._end_iteration()
+    state.iteration += 1
+    if extra is None:
+        return fut
+    def bucket_result(both: list[torch.futures.Future]) -> Any:
+        both[1].value()  # raises if the end-of-iteration work failed
+        return both[0].value()
+
+    return chain(torch.futures.collect_all([fut, extra]), bucket_result, bucket.buffer().device)

@@ -1,0 +1,145 @@
+"""The wire layer every hook shares: capped sizes from peers, one policy for undecodable payloads,
+one way to send a non-finite bucket, and hook bodies that never wait for a peer."""
+import resource
+import time
+
+import pytest
+import torch
+from _dist import run_ranks
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from commcomp import NUQSGD, QSGD
+from commcomp.codecs import TensorCodec
+from commcomp.hooks import CompressionState, PeerPayloadError, allgather_hook, allreduce_hook, hook_from_spec
+from commcomp.hooks import _wire
+from commcomp.robust import CoordinateMedian
+from commcomp.robust.hook import RobustAggregationState, robust_aggregation_hook
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Tanh(), torch.nn.Linear(48, 10))
+
+
+def _batch(rank, step=0):
+    g = torch.Generator().manual_seed(1000 * rank + step)
+    return torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
+
+
+def _huge_announcement(rank, world):
+    if rank == 1:  # a hostile peer: announces 2^40 bytes for its payload
+        _wire._announced_size = lambda frame: 2**40
+    ddp = DDP(_model(), bucket_cap_mb=0.01)
+    state, hook = hook_from_spec("nuqsgd:4:elias", bucket_size=128, min_compression_numel=0)
+    ddp.register_comm_hook(state, hook)
+    x, y = _batch(rank)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    try:
+        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+        error = None
+    except Exception as err:  # DDP re-raises the hook's error from backward()
+        error = str(err)
+    elapsed = time.monotonic() - start
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    return error, elapsed, grown_kib, state.payload_cap(ddp.module[0].weight.numel())
+
+
+def test_a_huge_announced_size_raises_naming_the_rank_before_any_allocation():
+    for error, elapsed, grown_kib, cap in run_ranks(_huge_announcement, 2, timeout=60):
+        assert error is not None and "invalid payload from rank 1" in error, error
+        assert f"announced {2**40} bytes" in error
+        assert elapsed < 10.0
+        assert grown_kib < 64 * 1024  # nothing near the announcement (1 TiB) was ever allocated
+        assert cap < 2**20
+
+
+def test_decode_frames_policy_raise_names_the_rank_and_mark_keeps_going():
+    good = _wire.make_frame(torch.arange(5, dtype=torch.uint8))
+    marker = _wire.make_frame(None)
+    bogus = torch.tensor([7, 1, 2], dtype=torch.uint8)  # unknown frame kind
+
+    def decode(rank, body):
+        if body.numel() != 5:
+            raise ValueError("wrong length")
+        return body.sum().item()
+
+    rows, nonfinite = _wire.decode_frames([good, marker, good], decode, "raise", "test_hook")
+    assert rows == [10, None, 10] and nonfinite
+    with pytest.raises(PeerPayloadError, match="test_hook: invalid payload from rank 2: unknown frame kind 7") as info:
+        _wire.decode_frames([good, good, bogus], decode, "raise", "test_hook")
+    assert info.value.rank == 2 and isinstance(info.value, RuntimeError)
+    rows, nonfinite = _wire.decode_frames([bogus, good, None, good[:3]], decode, "mark", "test_hook")
+    assert rows == [None, 10, None, None] and not nonfinite
+    with pytest.raises(ValueError, match="does not fit"):
+        _wire.make_frame(torch.zeros(10, dtype=torch.uint8), size=5)
+
+
+def _nonfinite_bucket(rank, world, spec):
+    ddp = DDP(_model(), bucket_cap_mb=25)  # one bucket: the whole gradient takes the fallback
+    plain = DDP(_model(), bucket_cap_mb=25)
+    state, hook = hook_from_spec(spec, bucket_size=128, min_compression_numel=0)
+    ddp.register_comm_hook(state, hook)
+    x, y = _batch(rank)
+    for model in (ddp, plain):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        if rank == 1:
+            loss = loss * float("inf")  # this rank's gradients overflow
+        loss.backward()
+    grads = [torch.cat([p.grad.reshape(-1) for p in m.parameters()]) for m in (ddp, plain)]
+    return grads
+
+
+@pytest.mark.parametrize("spec", ["qsgd:4", "nuqsgd:4:elias", "allreduce-qsgd:4"])
+def test_a_nonfinite_bucket_arrives_as_pytorchs_fp32_average(spec):
+    for hooked, plain in run_ranks(_nonfinite_bucket, 2, spec):
+        assert not bool(torch.isfinite(hooked).all())
+        torch.testing.assert_close(hooked, plain, rtol=0, atol=0, equal_nan=True)
+
+
+class _TimedHook:
+    """Wraps a hook; records how long each call of its body takes."""
+
+    def __init__(self, hook):
+        self.hook, self.seconds = hook, []
+        self.__name__ = self.__qualname__ = hook.__name__
+
+    def __call__(self, state, bucket: torch.distributed.GradBucket):
+        start = time.monotonic()
+        fut = self.hook(state, bucket)
+        self.seconds.append(time.monotonic() - start)
+        return fut
+
+
+def _late_peer(rank, world, which):
+    if which == "robust":
+        state = RobustAggregationState(CoordinateMedian(), tolerance=0,
+                                       codec=TensorCodec(NUQSGD(4, 128), coding="elias-gamma", seed=rank))
+        hook = robust_aggregation_hook
+    else:
+        spec = {"allgather": "qsgd:4", "allgather-elias": "nuqsgd:4:elias", "allreduce": "allreduce-qsgd:4"}[which]
+        state, hook = hook_from_spec(spec, bucket_size=128, min_compression_numel=0)
+    timed = _TimedHook(hook)
+    ddp = DDP(_model(), bucket_cap_mb_list=[0.004] * 4, find_unused_parameters=True)  # several buckets
+    ddp.register_comm_hook(state, timed)
+    grads = []
+    first_step_calls = 0
+    for step in range(3):
+        if step == 1:
+            first_step_calls = len(timed.seconds)  # step 0 creates the lanes' groups: a barrier
+        x, y = _batch(rank, step)
+        if rank == 1 and step > 0:
+            time.sleep(2.0)  # this rank starts its backward 2 s after its peer
+        ddp.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in ddp.parameters()]))
+    return timed.seconds[first_step_calls:], grads
+
+
+@pytest.mark.parametrize("which", ["allgather", "allgather-elias", "allreduce", "robust"])
+def test_hook_bodies_never_wait_for_a_late_peer(which):
+    (seconds, grads0), (_, grads1) = run_ranks(_late_peer, 2, which, timeout=120)
+    assert len(seconds) >= 4
+    assert max(seconds) < 0.5, seconds  # rank 0's bodies return at once; rank 1 is 2 s late
+    for a, b in zip(grads0, grads1):
+        assert torch.equal(a, b)
