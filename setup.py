@@ -26,12 +26,15 @@ def _sources(pattern: str) -> list[str]:
 
 
 use_cuda = _want_cuda()
+# CPU builds compile the schemas and the CPU backend only; the CUDA bindings
+# (csrc/cuda/*_binding.cpp, next to the kernels they launch) need CUDA headers and are compiled
+# only together with the kernels.
 sources = _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp")
 # -ffp-contract=off: no FMA contraction, so the CPU matches CUDA's explicit _rn arithmetic.
 cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-math-errno"]
 extra = {"cxx": cxx_flags}
 if use_cuda:
-    sources += _sources("csrc/cuda_binding*.cpp") + _sources("csrc/cuda/*.cu")
+    sources += _sources("csrc/cuda/*_binding.cpp") + _sources("csrc/cuda/*.cu")
     extra["nvcc"] = ["-O3", "-std=c++17", "--fmad=false", "-lineinfo"]
     extension = CUDAExtension("commcomp._C", sources, extra_compile_args=extra,
                               define_macros=[("COMMCOMP_WITH_CUDA", "1")])

@@ -1,5 +1,5 @@
 // Every commcomp operator schema, declared once. Backends register implementations in their own
-// TORCH_LIBRARY_IMPL blocks (cpu/*.cpp, cuda_binding*.cpp); fake (meta) implementations live in
+// TORCH_LIBRARY_IMPL blocks (cpu/*.cpp, cuda/*_binding.cpp); fake (meta) implementations live in
 // commcomp/ops.py.
 #include <Python.h>
 #include <torch/library.h>

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Compile-checks the CUDA backend on a machine without a GPU or a CUDA build of PyTorch:
 #  1. every csrc/cuda/*.cu with nvcc -c for sm_80 and sm_90 (kernels include no torch headers);
-#  2. every csrc/cuda_binding*.cpp with g++ -fsyntax-only against torch's headers and the CUDA
+#  2. every csrc/cuda/*_binding.cpp with g++ -fsyntax-only against torch's headers and the CUDA
 #     toolkit's headers (a CPU torch wheel lacks one generated CUDA config header; an empty stub
 #     stands in for it).
-# Exits nonzero on the first failure.
+# Runs every check, then exits nonzero if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-nvcc}
@@ -25,8 +25,9 @@ for cu in csrc/cuda/*.cu; do
 done
 mkdir -p "$out/stub/c10/cuda/impl" && : > "$out/stub/c10/cuda/impl/cuda_cmake_macros.h"
 torch_includes=$(python -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))")
-for cpp in csrc/cuda_binding*.cpp; do
-  [ -e "$cpp" ] || continue
+bindings=(csrc/cuda/*_binding.cpp)
+[ -e "${bindings[0]}" ] || { echo "check_cuda: no csrc/cuda/*_binding.cpp found" >&2; exit 1; }
+for cpp in "${bindings[@]}"; do
   # shellcheck disable=SC2086
   if g++ -std=c++20 -w -fsyntax-only $torch_includes -I "$out/stub" -I "$CUDA_HOME/include" -I csrc "$cpp"; then
     echo "g++ syntax ok: $cpp"

@@ -11,9 +11,8 @@
 #include <mutex>
 #include <vector>
 
-#include "../checks.h"
+#include "../checks/elias.h"
 #include "../core/elias.h"
-#include "../elias_checks.h"
 
 namespace commcomp {
 namespace {

@@ -8,7 +8,7 @@
 #include <optional>
 #include <vector>
 
-#include "../checks.h"
+#include "../checks/quantize.h"
 #include "../core/bitpack.h"
 #include "../core/quantize.h"
 

@@ -6,8 +6,7 @@
 
 #include <vector>
 
-#include "../checks.h"
-#include "../stats_checks.h"
+#include "../checks/stats.h"
 #include "../core/stats.h"
 
 namespace commcomp {

@@ -18,11 +18,6 @@ __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-int64_t blocks_for(int64_t work, int per_block) {
-  const int64_t blocks = (work + per_block - 1) / per_block;
-  return blocks < 1 ? 1 : (blocks > 65535 * 32 ? 65535 * 32 : blocks);
-}
-
 // One warp per bucket; lane l reduces elements l, l+32, ... (coalesced), then shfl_down combines
 // lanes in the halving order norm_combine_lanes uses on the CPU.
 template <typename T>

@@ -6,14 +6,13 @@
 #include <cuda_fp16.h>
 
 #include "../core/stats.h"
-#include "stats_launch.h"
+#include "launch.h"
 
 namespace commcomp {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxBlocks = 1024;  // grid-stride beyond this; enough to fill any current GPU
 
 __device__ __forceinline__ float load_element(const float* x, int64_t i) { return x[i]; }
 __device__ __forceinline__ float load_element(const __half* x, int64_t i) {
@@ -50,37 +49,36 @@ __global__ void level_stats_kernel(const T* __restrict__ x, int64_t n,
 __global__ void bin_mass_kernel(const unsigned long long* __restrict__ total,
                                 const float* __restrict__ max_norm, int bins,
                                 double* __restrict__ out) {
-  const int k = blockIdx.x * blockDim.x + threadIdx.x;
-  if (k < bins) out[k] = bin_mass(total[k], stat_reference_weight(*max_norm));
+  for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < bins; k += gridDim.x * blockDim.x) {
+    out[k] = bin_mass(total[k], stat_reference_weight(*max_norm));
+  }
 }
 
 template <typename T>
 void launch_typed(const T* x, int64_t n, const float* norms, int64_t bucket_size,
                   const float* max_norm, int bins, unsigned long long* scratch,
                   cudaStream_t stream) {
-  const int64_t wanted = (n + kThreads - 1) / kThreads;
-  const int blocks = static_cast<int>(wanted < kMaxBlocks ? (wanted > 0 ? wanted : 1) : kMaxBlocks);
   const size_t shared = static_cast<size_t>(bins) * sizeof(unsigned long long);
-  level_stats_kernel<T><<<blocks, kThreads, shared, stream>>>(x, n, norms, bucket_size, max_norm,
-                                                              bins, scratch);
+  level_stats_kernel<T><<<blocks_for(n, kThreads), kThreads, shared, stream>>>(
+      x, n, norms, bucket_size, max_norm, bins, scratch);
 }
 
 }  // namespace
 
-cudaError_t launch_level_stats(const void* x, StatsElement type, int64_t n, const float* norms,
+cudaError_t launch_level_stats(const void* x, DType dtype, int64_t n, const float* norms,
                                int64_t bucket_size, const float* max_norm, int bins,
                                unsigned long long* scratch, double* out, cudaStream_t stream) {
   if (n > 0) {
-    switch (type) {
-      case StatsElement::Float32:
+    switch (dtype) {
+      case DType::Float32:
         launch_typed(static_cast<const float*>(x), n, norms, bucket_size, max_norm, bins, scratch,
                      stream);
         break;
-      case StatsElement::Float16:
+      case DType::Float16:
         launch_typed(static_cast<const __half*>(x), n, norms, bucket_size, max_norm, bins,
                      scratch, stream);
         break;
-      case StatsElement::BFloat16:
+      case DType::BFloat16:
         launch_typed(static_cast<const __nv_bfloat16*>(x), n, norms, bucket_size, max_norm, bins,
                      scratch, stream);
         break;
@@ -90,8 +88,8 @@ cudaError_t launch_level_stats(const void* x, StatsElement type, int64_t n, cons
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  bin_mass_kernel<<<(bins + kThreads - 1) / kThreads, kThreads, 0, stream>>>(scratch, max_norm,
-                                                                             bins, out);
+  bin_mass_kernel<<<blocks_for(bins, kThreads), kThreads, 0, stream>>>(scratch, max_norm, bins,
+                                                                       out);
   return cudaGetLastError();
 }
 

@@ -1,12 +1,12 @@
-// Argument validation of level_stats, shared by the CPU and CUDA bindings so both reject bad
-// input with the same message naming the argument.
+// Argument checks of level_stats, shared by the CPU and CUDA bindings so both reject bad input
+// with the same message naming the argument.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
-#include "checks.h"
-#include "core/stats.h"
+#include "../core/stats.h"
+#include "common.h"
 
 namespace commcomp {
 
@@ -18,8 +18,7 @@ inline void check_stats_args(const at::Tensor& x, const at::Tensor& norms, int64
                     "], got ", bins);
   TORCH_CHECK_VALUE(x.numel() <= kMaxStatElements, "x may have at most ", kMaxStatElements,
                     " elements per call (fixed-point bins would overflow), got ", x.numel());
-  TORCH_CHECK_VALUE(norms.dim() == 1 && norms.scalar_type() == at::kFloat && norms.is_contiguous(),
-                    "norms must be a contiguous 1-D float32 tensor");
+  check_flat(norms, at::kFloat, "norms");
   TORCH_CHECK_VALUE(norms.numel() == bucket_count(x.numel(), bucket_size), "expected ",
                     bucket_count(x.numel(), bucket_size), " norms for ", x.numel(),
                     " elements in buckets of ", bucket_size, ", got ", norms.numel());

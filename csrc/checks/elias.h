@@ -1,13 +1,13 @@
-// Argument validation of the Elias codec ops, shared by the CPU and CUDA bindings so both reject
-// bad input with the same ValueError naming the argument.
+// Argument checks of the Elias codec ops, shared by the CPU and CUDA bindings so both reject bad
+// input with the same ValueError naming the argument.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
-#include "checks.h"
-#include "core/elias.h"
-#include "core/levels.h"
+#include "../core/elias.h"
+#include "../core/levels.h"
+#include "common.h"
 
 namespace commcomp {
 
@@ -38,24 +38,16 @@ inline EliasArgs check_elias_args(int64_t num_levels, int64_t bucket_size, int64
 }
 
 inline void check_packed_symbols(const at::Tensor& packed, const EliasArgs& a) {
-  TORCH_CHECK_VALUE(packed.dim() == 1 && packed.scalar_type() == at::kByte &&
-                        packed.is_contiguous(),
-                    "packed must be a contiguous 1-D uint8 tensor");
-  TORCH_CHECK_VALUE(packed.numel() == packed_bytes(a.numel, a.width), "packed must hold ",
-                    packed_bytes(a.numel, a.width), " bytes for numel=", a.numel, " at width=",
-                    a.width, ", got ", packed.numel());
+  check_flat(packed, at::kByte, "packed");
+  check_packed_size(packed, a.numel, a.width);
 }
 
 // Checks a decoder's inputs: one length per bucket, each within the stream, summing to it.
 // Reads the lengths on their device with ATen reductions (a sync on CUDA).
 inline void check_elias_stream(const at::Tensor& bucket_bytes, const at::Tensor& stream,
                                const EliasArgs& a) {
-  TORCH_CHECK_VALUE(stream.dim() == 1 && stream.scalar_type() == at::kByte &&
-                        stream.is_contiguous(),
-                    "stream must be a contiguous 1-D uint8 tensor");
-  TORCH_CHECK_VALUE(bucket_bytes.dim() == 1 && bucket_bytes.scalar_type() == at::kLong &&
-                        bucket_bytes.is_contiguous(),
-                    "bucket_bytes must be a contiguous 1-D int64 tensor");
+  check_flat(stream, at::kByte, "stream");
+  check_flat(bucket_bytes, at::kLong, "bucket_bytes");
   TORCH_CHECK_VALUE(bucket_bytes.device() == stream.device(),
                     "bucket_bytes and stream must be on the same device");
   TORCH_CHECK_VALUE(bucket_bytes.numel() == a.buckets, "bucket_bytes must have one entry per "

@@ -1,27 +1,25 @@
-// CUDA implementations of the Elias codec ops: the shared checks (elias_checks.h), the current
-// stream, and the torch-free launch wrappers of cuda/elias_launch.h. The prefix sum of bucket
-// lengths is ATen's cumsum. Both ops synchronize once: the encoded size and any decode error are
-// needed on the host. Compiled only in CUDA builds.
+// CUDA implementations of the Elias codec ops: the shared checks (checks/elias.h), the current
+// stream, and the torch-free launch wrappers of launch.h. The prefix sum of bucket lengths is
+// ATen's cumsum. Both ops synchronize once: the encoded size and any decode error are needed on
+// the host. Compiled only in CUDA builds.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "elias_checks.h"
-#include "cuda/elias_launch.h"
+#include "../checks/elias.h"
+#include "binding_utils.h"
+#include "launch.h"
 
 namespace commcomp {
 namespace {
-
-void check_elias_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
-}
 
 cuda::EliasShape shape_of(const EliasArgs& a) {
   return {a.numel, a.bucket_size, a.buckets, a.num_levels, a.width, a.code};
 }
 
-// A one-element int64 flag holding -1 (all ones: the identity of an unsigned atomicMin).
+// A one-element int64 error flag holding -1 (all ones: ~0ull, the identity of the kernels'
+// unsigned atomicMin); still -1 after the launch means no error.
 at::Tensor error_flag(const at::Tensor& like) {
   return at::full({1}, -1, like.options().dtype(at::kLong));
 }
@@ -40,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor> elias_encode_cuda(const at::Tensor& packed, i
   const cuda::EliasShape shape = shape_of(a);
   at::Tensor bucket_bytes = at::empty({a.buckets}, packed.options().dtype(at::kLong));
   at::Tensor first_bad = error_flag(packed);
-  check_elias_launch(cuda::launch_elias_bucket_bytes(packed.data_ptr<uint8_t>(), shape,
+  cuda::check_launch(cuda::launch_elias_bucket_bytes(packed.data_ptr<uint8_t>(), shape,
                                                      bucket_bytes.data_ptr<int64_t>(),
                                                      flag_ptr(first_bad), stream),
                      "elias_bucket_bytes");
@@ -52,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> elias_encode_cuda(const at::Tensor& packed, i
   const int64_t total = a.buckets ? ends[a.buckets - 1].item<int64_t>() : 0;
   const at::Tensor offsets = ends - bucket_bytes;
   at::Tensor out = at::empty({total}, packed.options());
-  check_elias_launch(cuda::launch_elias_write(packed.data_ptr<uint8_t>(), shape,
+  cuda::check_launch(cuda::launch_elias_write(packed.data_ptr<uint8_t>(), shape,
                                               offsets.data_ptr<int64_t>(),
                                               out.data_ptr<uint8_t>(), stream),
                      "elias_write");
@@ -69,7 +67,7 @@ at::Tensor elias_decode_cuda(const at::Tensor& bucket_bytes, const at::Tensor& c
   const at::Tensor offsets = at::cumsum(bucket_bytes, 0) - bucket_bytes;
   at::Tensor packed = at::empty({packed_bytes(numel, a.width)}, coded.options());
   at::Tensor first_error = error_flag(coded);
-  check_elias_launch(cuda::launch_elias_decode(coded.data_ptr<uint8_t>(),
+  cuda::check_launch(cuda::launch_elias_decode(coded.data_ptr<uint8_t>(),
                                                offsets.data_ptr<int64_t>(),
                                                bucket_bytes.data_ptr<int64_t>(), shape_of(a),
                                                packed.data_ptr<uint8_t>(),

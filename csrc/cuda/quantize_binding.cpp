@@ -1,32 +1,21 @@
-// CUDA implementations of the core ops: validate tensors (shared checks), take the current stream,
-// call the torch-free launch wrappers in cuda/launch.h. Compiled only in CUDA builds.
+// CUDA implementations of the quantization ops: validate tensors (the shared checks of
+// checks/quantize.h), take the current stream, call the torch-free launch wrappers of launch.h.
+// Compiled only in CUDA builds.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <optional>
 #include <vector>
 
-#include "checks.h"
-#include "cuda/launch.h"
+#include "../checks/quantize.h"
+#include "binding_utils.h"
+#include "launch.h"
 
 namespace commcomp {
 namespace {
-
-cuda::DType dtype_of(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return cuda::DType::Float32;
-    case at::kHalf: return cuda::DType::Float16;
-    case at::kBFloat16: return cuda::DType::BFloat16;
-    default: TORCH_CHECK_VALUE(false, "x must be float32, float16 or bfloat16, got ", x.scalar_type());
-  }
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
-}
 
 at::Tensor bucket_norms_cuda(const at::Tensor& x, int64_t bucket_size, const std::string& norm) {
   check_gradient(x);
@@ -34,10 +23,11 @@ at::Tensor bucket_norms_cuda(const at::Tensor& x, int64_t bucket_size, const std
   const NormKind kind = parse_norm(norm);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor norms = at::empty({bucket_count(x.numel(), bucket_size)}, x.options().dtype(at::kFloat));
-  check_launch(cuda::launch_bucket_norms(x.data_ptr(), dtype_of(x), x.numel(), bucket_size, kind,
-                                         norms.data_ptr<float>(),
-                                         c10::cuda::getCurrentCUDAStream()),
-               "bucket_norms");
+  cuda::check_launch(cuda::launch_bucket_norms(x.data_ptr(), cuda::launch_dtype(x.scalar_type()),
+                                               x.numel(), bucket_size, kind,
+                                               norms.data_ptr<float>(),
+                                               c10::cuda::getCurrentCUDAStream()),
+                     "bucket_norms");
   return norms;
 }
 
@@ -52,11 +42,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, const at::
   if (given.has_value()) norms = given_norms(*given, norms, bucket_size);
   const int width = table.index_bits + 1;
   at::Tensor symbols = at::empty({packed_bytes(x.numel(), width)}, x.options().dtype(at::kByte));
-  check_launch(cuda::launch_quantize(x.data_ptr(), dtype_of(x), x.numel(), bucket_size,
-                                     norms.data_ptr<float>(), table, static_cast<uint64_t>(seed),
-                                     static_cast<uint64_t>(offset), symbols.data_ptr<uint8_t>(),
-                                     c10::cuda::getCurrentCUDAStream()),
-               "quantize");
+  cuda::check_launch(cuda::launch_quantize(x.data_ptr(), cuda::launch_dtype(x.scalar_type()),
+                                           x.numel(), bucket_size, norms.data_ptr<float>(), table,
+                                           static_cast<uint64_t>(seed),
+                                           static_cast<uint64_t>(offset),
+                                           symbols.data_ptr<uint8_t>(),
+                                           c10::cuda::getCurrentCUDAStream()),
+                     "quantize");
   return {norms, symbols};
 }
 
@@ -72,11 +64,11 @@ void accumulate_cuda(at::Tensor& out, at::TensorList norms, at::TensorList symbo
       ptrs.norms[k] = norms[first + k].data_ptr<float>();
       ptrs.symbols[k] = symbols[first + k].data_ptr<uint8_t>();
     }
-    check_launch(cuda::launch_dequantize_accumulate(out.data_ptr<float>(), out.numel(),
-                                                    bucket_size, ptrs, table, scale,
-                                                    assign_first && first == 0,
-                                                    invalid.data_ptr<int>(), stream),
-                 "dequantize_accumulate");
+    cuda::check_launch(cuda::launch_dequantize_accumulate(out.data_ptr<float>(), out.numel(),
+                                                          bucket_size, ptrs, table, scale,
+                                                          assign_first && first == 0,
+                                                          invalid.data_ptr<int>(), stream),
+                       "dequantize_accumulate");
   }
   TORCH_CHECK_VALUE(invalid.item<int>() == 0, "symbols name a level index >= the ", table.count,
                     " levels given: corrupt payload or mismatched levels");
@@ -107,9 +99,10 @@ at::Tensor pack_symbols_cuda(const at::Tensor& symbols, int64_t width) {
   const at::Tensor s = checked_symbols_to_pack(symbols, width);
   const c10::cuda::CUDAGuard guard(s.device());
   at::Tensor packed = at::empty({packed_bytes(s.numel(), static_cast<int>(width))}, s.options());
-  check_launch(cuda::launch_pack(s.data_ptr<uint8_t>(), s.numel(), static_cast<int>(width),
-                                 packed.data_ptr<uint8_t>(), c10::cuda::getCurrentCUDAStream()),
-               "pack_symbols");
+  cuda::check_launch(cuda::launch_pack(s.data_ptr<uint8_t>(), s.numel(), static_cast<int>(width),
+                                       packed.data_ptr<uint8_t>(),
+                                       c10::cuda::getCurrentCUDAStream()),
+                     "pack_symbols");
   return packed;
 }
 
@@ -117,9 +110,10 @@ at::Tensor unpack_symbols_cuda(const at::Tensor& packed, int64_t width, int64_t 
   const at::Tensor p = checked_packed(packed, width, numel);
   const c10::cuda::CUDAGuard guard(p.device());
   at::Tensor symbols = at::empty({numel}, p.options());
-  check_launch(cuda::launch_unpack(p.data_ptr<uint8_t>(), numel, static_cast<int>(width),
-                                   symbols.data_ptr<uint8_t>(), c10::cuda::getCurrentCUDAStream()),
-               "unpack_symbols");
+  cuda::check_launch(cuda::launch_unpack(p.data_ptr<uint8_t>(), numel, static_cast<int>(width),
+                                         symbols.data_ptr<uint8_t>(),
+                                         c10::cuda::getCurrentCUDAStream()),
+                     "unpack_symbols");
   return symbols;
 }
 

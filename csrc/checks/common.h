@@ -1,5 +1,7 @@
-// Argument validation shared by the CPU and CUDA bindings, so both reject bad input with the
-// same message naming the argument.
+// Checks of the argument kinds several op families share (norm names, bucket sizes, gradients,
+// seeds, level tables, packed payloads, norms), used by the CPU and CUDA bindings alike so both
+// reject bad input with the same ValueError naming the argument. Per-family checks live beside
+// this file (quantize.h, elias.h, stats.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,10 +9,27 @@
 
 #include <string>
 
-#include "core/levels.h"
-#include "core/quantize.h"
+#include "../core/bitpack.h"
+#include "../core/levels.h"
+#include "../core/quantize.h"
 
 namespace commcomp {
+
+inline const char* flat_type_name(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return "float32";
+    case at::kByte: return "uint8";
+    case at::kLong: return "int64";
+    default: return c10::toString(type);
+  }
+}
+
+// `t` must be a contiguous 1-D tensor of `type`; `name...` (one or more message parts) names it.
+template <typename... Name>
+inline void check_flat(const at::Tensor& t, at::ScalarType type, const Name&... name) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.scalar_type() == type && t.is_contiguous(), name...,
+                    " must be a contiguous 1-D ", flat_type_name(type), " tensor");
+}
 
 inline NormKind parse_norm(const std::string& norm) {
   if (norm == "l2") return NormKind::L2;
@@ -72,14 +91,18 @@ inline int64_t bucket_count(int64_t numel, int64_t bucket_size) {
   return (numel + bucket_size - 1) / bucket_size;
 }
 
+// `packed` holds exactly the bytes `numel` symbols of `width` bits occupy.
+inline void check_packed_size(const at::Tensor& packed, int64_t numel, int width) {
+  const int64_t expected = packed_bytes(numel, width);
+  TORCH_CHECK_VALUE(packed.numel() == expected, "packed must hold ", expected, " bytes for numel=",
+                    numel, " at width=", width, ", got ", packed.numel());
+}
+
 // Shapes and devices of an encoded payload, checked before any kernel reads it.
 inline void check_payload(const at::Tensor& norms, const at::Tensor& symbols, int64_t numel,
                           int64_t bucket_size, int width, const char* what) {
-  TORCH_CHECK_VALUE(norms.dim() == 1 && norms.scalar_type() == at::kFloat && norms.is_contiguous(),
-                    what, ": norms must be a contiguous 1-D float32 tensor");
-  TORCH_CHECK_VALUE(symbols.dim() == 1 && symbols.scalar_type() == at::kByte &&
-                        symbols.is_contiguous(),
-                    what, ": symbols must be a contiguous 1-D uint8 tensor");
+  check_flat(norms, at::kFloat, what, ": norms");
+  check_flat(symbols, at::kByte, what, ": symbols");
   TORCH_CHECK_VALUE(norms.numel() == bucket_count(numel, bucket_size), what, ": expected ",
                     bucket_count(numel, bucket_size), " norms for ", numel,
                     " elements in buckets of ", bucket_size, ", got ", norms.numel());
@@ -88,19 +111,6 @@ inline void check_payload(const at::Tensor& norms, const at::Tensor& symbols, in
                     width, " bits, got ", symbols.numel());
   TORCH_CHECK_VALUE(norms.device() == symbols.device(), what,
                     ": norms and symbols must be on the same device");
-}
-
-// Caller-supplied scales (e.g. the max of all ranks' norms): one finite, non-negative float32 per
-// bucket, at least the bucket's own norm (else coordinates would clip and rounding be biased).
-inline at::Tensor given_norms(const at::Tensor& norms, const at::Tensor& own, int64_t bucket_size) {
-  TORCH_CHECK_VALUE(norms.dim() == 1 && norms.scalar_type() == at::kFloat,
-                    "norms must be a 1-D float32 tensor");
-  TORCH_CHECK_VALUE(norms.numel() == own.numel(), "norms must hold one entry per bucket of ",
-                    bucket_size, " elements: expected ", own.numel(), ", got ", norms.numel());
-  TORCH_CHECK_VALUE(norms.device() == own.device(), "norms must be on x's device");
-  TORCH_CHECK_VALUE(norms.numel() == 0 || (norms >= own).all().item<bool>(),
-                    "norms must be >= each bucket's own norm (did every rank contribute?)");
-  return norms.contiguous().clone();
 }
 
 inline void check_finite_norms(const at::Tensor& norms) {
@@ -116,47 +126,6 @@ inline void check_decodable_norms(const at::Tensor& norms) {
   check_finite_norms(norms);
   TORCH_CHECK_VALUE(norms.numel() == 0 || norms.min().item<float>() >= 0.0f,
                     "norms must be non-negative");
-}
-
-// dequantize_accumulate's arguments: an fp32 accumulator and matching, decodable payloads.
-inline void check_accumulate_args(const at::Tensor& out, at::TensorList norms,
-                                  at::TensorList symbols, const LevelTable& table,
-                                  int64_t bucket_size) {
-  check_bucket_size(bucket_size);
-  TORCH_CHECK_VALUE(out.dim() == 1 && out.scalar_type() == at::kFloat && out.is_contiguous(),
-                    "out must be a contiguous 1-D float32 tensor");
-  TORCH_CHECK_VALUE(norms.size() == symbols.size(), "norms and symbols must list the same number "
-                    "of payloads, got ", norms.size(), " and ", symbols.size());
-  for (size_t k = 0; k < norms.size(); ++k) {
-    check_payload(norms[k], symbols[k], out.numel(), bucket_size, table.index_bits + 1,
-                  "dequantize_accumulate");
-    TORCH_CHECK_VALUE(norms[k].device() == out.device(), "payload ", k, " is on ",
-                      norms[k].device(), " but out is on ", out.device());
-    check_decodable_norms(norms[k]);
-  }
-}
-
-// pack_symbols input: 1-D uint8 symbols that fit in `width` bits; returned contiguous.
-inline at::Tensor checked_symbols_to_pack(const at::Tensor& symbols, int64_t width) {
-  check_width(width);
-  TORCH_CHECK_VALUE(symbols.dim() == 1 && symbols.scalar_type() == at::kByte,
-                    "symbols must be a 1-D uint8 tensor");
-  const at::Tensor s = symbols.contiguous();
-  TORCH_CHECK_VALUE(s.numel() == 0 || s.max().item<uint8_t>() < (1u << width),
-                    "symbols must fit in width=", width, " bits");
-  return s;
-}
-
-// unpack_symbols input: exactly the bytes `numel` symbols of `width` bits occupy; returned contiguous.
-inline at::Tensor checked_packed(const at::Tensor& packed, int64_t width, int64_t numel) {
-  check_width(width);
-  check_numel(numel);
-  TORCH_CHECK_VALUE(packed.dim() == 1 && packed.scalar_type() == at::kByte,
-                    "packed must be a 1-D uint8 tensor");
-  const int64_t expected = packed_bytes(numel, static_cast<int>(width));
-  TORCH_CHECK_VALUE(packed.numel() == expected, "packed must hold ", expected, " bytes for numel=",
-                    numel, " at width=", width, ", got ", packed.numel());
-  return packed.contiguous();
 }
 
 }  // namespace commcomp
