@@ -107,7 +107,7 @@ def run_cell(cell: tuple[str, str, str, int], args: argparse.Namespace, device: 
         attack = ATTACKS[attack_name]()
     model = make_model(train.x.shape[1], train.num_classes, args.hidden, seed)
     start = time.perf_counter()
-    result = simulate(model, train, test, aggregator, attack, config, device=device)
+    result = simulate(model, (train.x, train.y), (test.x, test.y), aggregator, attack, config, device=device)
     return {
         "dataset": dataset,
         "attack": attack_name,
