@@ -31,8 +31,6 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from commcomp import runtime  # noqa: E402
-from commcomp.data import load_dataset  # noqa: E402
 from commcomp.robust import (  # noqa: E402
     ALIE,
     IPM,
@@ -46,6 +44,9 @@ from commcomp.robust import (  # noqa: E402
     build_pool,
 )
 from commcomp.robust.simulation import SimulationConfig, simulate  # noqa: E402
+
+from common import runtime  # noqa: E402
+from common.data import load_dataset  # noqa: E402
 
 ATTACKS = {
     "none": lambda: None,

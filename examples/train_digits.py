@@ -17,11 +17,12 @@ import logging
 
 import torch
 
-from commcomp import runtime
-from commcomp.data import load_digits_tensors
 from commcomp.hooks import CODINGS, SCHEMES
-from commcomp.recipes.models import DigitsCNN
-from commcomp.recipes.training import evaluate, fit, make_loader
+
+from common import runtime
+from common.data import load_digits_tensors
+from common.models import DigitsCNN
+from common.training import evaluate, fit, make_loader
 
 
 def parse_args() -> argparse.Namespace:

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from commcomp.data import load_digits_tensors
 from commcomp.robust import IPM, CoordinateMedian, LabelFlip, Mean, MixTailor, NonFinite, TrimmedMean
 from commcomp.robust.simulation import SimulationConfig, simulate
+
+from common.data import load_digits_tensors
 
 torch.set_num_threads(1)
 
