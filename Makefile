@@ -7,11 +7,11 @@ PIP := $(VENV)/bin/pip
 
 .PHONY: demo test install cpp-test cuda-check clean
 
-$(VENV)/.installed: requirements.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
+$(VENV)/.installed: requirements.txt $(wildcard requirements/*.txt) setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt
-	MAX_JOBS=2 $(PIP) install -q --no-build-isolation -e .
+	MAX_JOBS=2 $(PIP) install -q --no-build-isolation -e ".[examples,test]"
 	touch $@
 
 install: $(VENV)/.installed

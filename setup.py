@@ -1,6 +1,8 @@
 """Builds commcomp._C: the CPU backend always, the CUDA backend when torch has CUDA and nvcc
 exists. COMMCOMP_USE_CUDA=0|1 overrides the detection. Install after torch with
-``pip install --no-build-isolation -e .``."""
+``pip install --no-build-isolation -e .`` (the library: torch and numpy), or
+``pip install --no-build-isolation -e ".[examples,test]"`` for what examples/, benchmarks/ and
+tests/ need too. The pins live in requirements/*.txt."""
 import glob
 import os
 import shutil
@@ -19,6 +21,20 @@ def _want_cuda() -> bool:
             raise ValueError(f"COMMCOMP_USE_CUDA must be 0 or 1, got {forced!r}")
         return forced == "1"
     return torch.version.cuda is not None and shutil.which("nvcc") is not None
+
+
+def _requirements(name: str) -> list[str]:
+    """The requirement lines of requirements/<name>.txt, following ``-r`` includes."""
+    path = os.path.join(ROOT, "requirements", f"{name}.txt")
+    found = []
+    with open(path) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("-r "):
+                found += _requirements(os.path.splitext(line[3:].strip())[0])
+            elif line:
+                found.append(line)
+    return found
 
 
 def _sources(pattern: str) -> list[str]:
@@ -48,6 +64,8 @@ setup(
     description="Communication compression and robust aggregation for PyTorch distributed training",
     packages=find_packages(include=["commcomp", "commcomp.*"]),
     python_requires=">=3.10",
+    install_requires=_requirements("library"),
+    extras_require={"examples": _requirements("examples"), "test": _requirements("test")},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -1,9 +1,15 @@
-"""Helpers shared by the benchmark scripts: timing, machine description, result files."""
+"""Helpers shared by the benchmark scripts: timing, machine description, result files.
+
+Importing this module also puts ``examples/`` on ``sys.path``: the benchmarks reuse the example
+harness (``common.data`` datasets, ``common.runtime.pyplot``), which lives in the checkout, not in
+the installed library.
+"""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -11,6 +17,9 @@ from typing import Any, Callable
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
 
 
 def median_seconds(

@@ -28,7 +28,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from commcomp import NUQSGD, QSGD, codecs, ops  # noqa: E402
-from commcomp.data import load_digits_tensors  # noqa: E402
+
+import _common  # noqa: E402, F401  (puts examples/ on sys.path)
+from common.data import load_digits_tensors  # noqa: E402
 
 CODINGS = ["fixed", "elias-gamma", "elias-delta", "elias-omega"]
 

@@ -215,7 +215,8 @@ def resnet18(num_classes: int = 10, width: int = 64, in_channels: int = 1, stem_
 
 def load_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """sklearn digits upsampled to 1x28x28, standardized: (train x, train y, test x, test y)."""
-    from commcomp.data import load_digits_tensors
+    import _common  # noqa: F401  (puts examples/ on sys.path)
+    from common.data import load_digits_tensors
 
     train, test = load_digits_tensors(test_fraction=0.25, seed=seed)
 

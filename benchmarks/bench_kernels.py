@@ -22,9 +22,9 @@ import torch
 from tqdm import tqdm
 
 from commcomp import NUQSGD, QSGD, ops
-from commcomp.runtime import pyplot
 
-from _common import RESULTS, machine, median_seconds, write_json
+from _common import RESULTS, machine, median_seconds, write_json  # also puts examples/ on sys.path
+from common.runtime import pyplot  # noqa: E402
 
 
 def main() -> None:

@@ -28,13 +28,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import RESULTS, machine, write_json  # noqa: E402
+from _common import RESULTS, machine, write_json  # noqa: E402  (also puts examples/ on sys.path)
 
 from commcomp import _reference  # noqa: E402
-from commcomp.runtime import pyplot
 from commcomp.adaptive import ALQ, AMQ, UpdateSchedule  # noqa: E402
-from commcomp.data import load_digits_tensors  # noqa: E402
 from commcomp.quantizers import NUQSGD, QSGD, QSGDInf, Quantizer  # noqa: E402
+
+from common.data import load_digits_tensors  # noqa: E402
+from common.runtime import pyplot  # noqa: E402
 
 SCHEMES = ("QSGD", "QSGDInf", "NUQSGD", "AMQ", "ALQ")
 

@@ -22,9 +22,11 @@ import time
 
 import torch
 
-from commcomp import runtime
-from commcomp.data import Split, load_digits_tensors
-from commcomp.recipes.ape import (
+from common import runtime
+from common.data import Split, load_digits_tensors
+from common.models import DigitsCNN
+from common.training import evaluate, fit, unwrap
+from recipes.ape import (
     APEHeads,
     class_embeddings,
     count_parameters,
@@ -33,15 +35,13 @@ from commcomp.recipes.ape import (
     synthetic_shapes,
     zero_shot_accuracy,
 )
-from commcomp.recipes.contrastive import info_nce_loss
-from commcomp.recipes.models import DigitsCNN
-from commcomp.recipes.text import (
+from recipes.contrastive import info_nce_loss
+from recipes.text import (
     DigitCaptioner,
     digit_prompts,
     encode_texts_on_rank0,
     sentence_encoder_parameter_count,
 )
-from commcomp.recipes.training import evaluate, fit, unwrap
 
 TEMPLATES = ("a handwritten {}", "the digit {}", "a photo of the number {}")
 

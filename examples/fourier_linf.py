@@ -26,10 +26,12 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from commcomp import runtime
-from commcomp.data import load_digits_tensors
-from commcomp.recipes.attacks import get_ball, make_pgd, pgd_attack
-from commcomp.recipes.fourier import (
+from common import runtime
+from common.data import load_digits_tensors
+from common.models import MLP, DigitsCNN, LinearCircularConvNet
+from common.training import evaluate, fit
+from recipes.attacks import get_ball, make_pgd, pgd_attack
+from recipes.fourier import (
     end_to_end_linear,
     linear_robust_accuracy,
     max_margin_linear,
@@ -38,8 +40,6 @@ from commcomp.recipes.fourier import (
     steepest_descent_linear,
     train_binary_full_batch,
 )
-from commcomp.recipes.models import MLP, DigitsCNN, LinearCircularConvNet
-from commcomp.recipes.training import evaluate, fit
 
 OPTIMIZERS = {"GD": ("l2", 0.1), "CD": ("l1", 0.1), "signGD": ("linf", 0.002)}  # geometry, lr
 PERTS = ("l2", "linf", "l1")

@@ -29,14 +29,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from commcomp import runtime  # noqa: E402
-from commcomp.data import load_dataset  # noqa: E402
 from commcomp.sampling import (  # noqa: E402
     DistributedGradientClusterSampler,
     GradientClustering,
     GradientClusterSampler,
     estimate_gradient_variance,
 )
+
+from common import runtime  # noqa: E402
+from common.data import load_dataset  # noqa: E402
 
 ESTIMATORS = ("sgd_B", "gc_B", "sgd_2B")
 LOSS = nn.CrossEntropyLoss(reduction="none")

@@ -31,8 +31,6 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from commcomp import runtime  # noqa: E402
-from commcomp.data import load_dataset  # noqa: E402
 from commcomp.robust import (  # noqa: E402
     ALIE,
     IPM,
@@ -46,6 +44,9 @@ from commcomp.robust import (  # noqa: E402
     build_pool,
 )
 from commcomp.robust.simulation import SimulationConfig, simulate  # noqa: E402
+
+from common import runtime  # noqa: E402
+from common.data import load_dataset  # noqa: E402
 
 ATTACKS = {
     "none": lambda: None,
@@ -107,7 +108,7 @@ def run_cell(cell: tuple[str, str, str, int], args: argparse.Namespace, device: 
         attack = ATTACKS[attack_name]()
     model = make_model(train.x.shape[1], train.num_classes, args.hidden, seed)
     start = time.perf_counter()
-    result = simulate(model, train, test, aggregator, attack, config, device=device)
+    result = simulate(model, (train.x, train.y), (test.x, test.y), aggregator, attack, config, device=device)
     return {
         "dataset": dataset,
         "attack": attack_name,

@@ -20,11 +20,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from commcomp import runtime
-from commcomp.data import Split, load_digits_tensors
-from commcomp.recipes.models import DigitsCNN
-from commcomp.recipes.rangeaugment import FixedRangeAugment, RangeAugment, cosine_curriculum, psnr, psnr_target_loss
-from commcomp.recipes.training import evaluate, fit, unwrap
+from common import runtime
+from common.data import Split, load_digits_tensors
+from common.models import DigitsCNN
+from common.training import evaluate, fit, unwrap
+from recipes.rangeaugment import FixedRangeAugment, RangeAugment, cosine_curriculum, psnr, psnr_target_loss
 
 HAND_SET = {"brightness": (0.6, 1.4), "contrast": (0.6, 1.4), "noise": (0.0, 0.1)}
 CORRUPTION = {"brightness": (0.3, 1.7), "contrast": (0.3, 1.7), "noise": (0.0, 0.25)}

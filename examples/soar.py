@@ -1,7 +1,7 @@
 """SOAR vs PGD adversarial training vs standard training on 8x8 digits, with PGD-20/PGD-100.
 
 Paper: Ma, Faghri, Papernot, Farahmand, "SOAR: Second-Order Adversarial Regularization"
-(arXiv 2004.01832). Implementation: :mod:`commcomp.recipes.soar`.
+(arXiv 2004.01832). Implementation: :mod:`recipes.soar`.
 
 Digits are 1x8x8 images in [0, 1] (pixel values are multiples of 1/16), so the default
 L-inf radius is eps = 0.1 (1.6 grey levels); ``--norm l2`` defaults to eps = 0.5.
@@ -19,12 +19,12 @@ import time
 
 import torch
 
-from commcomp import runtime
-from commcomp.data import load_digits_tensors
-from commcomp.recipes.attacks import make_pgd, pgd_attack
-from commcomp.recipes.models import DigitsCNN
-from commcomp.recipes.soar import SOARLoss
-from commcomp.recipes.training import LossFn, cross_entropy_loss, evaluate, fit, unwrap
+from common import runtime
+from common.data import load_digits_tensors
+from common.models import DigitsCNN
+from common.training import LossFn, cross_entropy_loss, evaluate, fit, unwrap
+from recipes.attacks import make_pgd, pgd_attack
+from recipes.soar import SOARLoss
 
 METHODS = ("standard", "pgd-at", "soar")
 

@@ -17,18 +17,20 @@ import logging
 
 import torch
 
-from commcomp import runtime
-from commcomp.data import load_digits_tensors
-from commcomp.hooks import CODINGS, SCHEMES
-from commcomp.recipes.models import DigitsCNN
-from commcomp.recipes.training import evaluate, fit, make_loader
+from commcomp.codecs import CODING_ALIASES, CODINGS
+from commcomp.hooks import SCHEMES
+
+from common import runtime
+from common.data import load_digits_tensors
+from common.models import DigitsCNN
+from common.training import evaluate, fit, make_loader
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scheme", default="nuqsgd", choices=("none",) + SCHEMES)
     parser.add_argument("--bits", type=int, default=4, help="bits per coordinate on the wire (2..8)")
-    parser.add_argument("--coding", default="fixed", choices=CODINGS + ("elias",), help="symbol coding (allgather hook)")
+    parser.add_argument("--coding", default="fixed", choices=tuple(CODINGS) + tuple(CODING_ALIASES), help="symbol coding (allgather hook)")
     parser.add_argument("--hook", default="allgather", choices=("allgather", "allreduce"))
     parser.add_argument("--bucket-size", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=30)

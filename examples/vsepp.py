@@ -19,12 +19,12 @@ import time
 
 import torch
 
-from commcomp import runtime
-from commcomp.data import Split, load_digits_tensors
-from commcomp.recipes.contrastive import DualEncoder, retrieval_metrics, vse_loss
-from commcomp.recipes.models import MLP, DigitsCNN
-from commcomp.recipes.text import DigitCaptioner, encode_texts_on_rank0
-from commcomp.recipes.training import fit, unwrap
+from common import runtime
+from common.data import Split, load_digits_tensors
+from common.models import MLP, DigitsCNN
+from common.training import fit, unwrap
+from recipes.contrastive import DualEncoder, retrieval_metrics, vse_loss
+from recipes.text import DigitCaptioner, encode_texts_on_rank0
 
 LOSSES = {"VSE0": False, "VSE++": True}  # name -> hardest negative only
 

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))  # lets tests import _dist
+TESTS = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(os.path.dirname(TESTS), "examples")
+sys.path.insert(0, TESTS)  # lets tests import _dist
+# The example harness and paper recipes (``common.*``, ``recipes.*``) live in examples/, outside the
+# installed library. Gloo ranks spawned by _dist.run_ranks inherit this sys.path (spawn copies it).
+sys.path.insert(0, EXAMPLES)
 
 
 @pytest.fixture(autouse=True)

@@ -66,7 +66,7 @@ def test_hooked_gradient_is_unbiased_and_identical_on_all_ranks(spec):
 
 
 def _train(rank, world, spec, steps):
-    from commcomp.data import load_digits_tensors
+    from common.data import load_digits_tensors
 
     train, test = load_digits_tensors(seed=0, flat=True)
     torch.manual_seed(0)
@@ -247,7 +247,7 @@ def test_adaptive_levels_refit_identically_on_all_ranks(scheme):
 
 
 def _spec_checks_in_a_gloo_group(rank, world):
-    from commcomp import runtime
+    from common import runtime
 
     out = {}
     try:

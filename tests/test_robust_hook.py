@@ -3,9 +3,10 @@ import pytest
 import torch
 from _dist import run_ranks
 
-from commcomp.data import load_digits_tensors
 from commcomp.robust import IPM, CoordinateMedian, GeometricMedian, Mean, MixTailor, NonFinite, TrimmedMean
 from commcomp.robust.hook import RobustAggregationState, robust_aggregation_hook
+
+from common.data import load_digits_tensors
 
 STEPS = 60
 

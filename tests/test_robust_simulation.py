@@ -2,16 +2,18 @@
 import pytest
 import torch
 
-from commcomp.data import load_digits_tensors
 from commcomp.robust import IPM, CoordinateMedian, LabelFlip, Mean, MixTailor, NonFinite, TrimmedMean
 from commcomp.robust.simulation import SimulationConfig, simulate
+
+from common.data import load_digits_tensors
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_digits_tensors(flat=True)
+    train, test = load_digits_tensors(flat=True)
+    return (train.x, train.y), (test.x, test.y)
 
 
 def run(digits, aggregator, attack, **overrides):
@@ -57,3 +59,18 @@ def test_bad_configuration_is_rejected(digits):
         run(digits, Mean(), None)
     with pytest.raises(ValueError, match="2f [+] 1"):
         run(digits, CoordinateMedian(), IPM(0.1), num_workers=4)
+
+
+def test_bad_data_is_rejected_naming_the_argument(digits):
+    (x, y), test = digits
+    for bad, match in [
+        (x, "train must be an [(]x, y[)] pair"),
+        ((x, y, y), "train must be an [(]x, y[)] pair"),
+        ((x, y.float()), "train: y must be a 1-D int64"),
+        ((x[:-1], y), "train: x and y must hold the same number"),
+        ((x, y - 1), "train: class labels y must be >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            simulate(torch.nn.Linear(64, 10), bad, test, Mean(), None, SimulationConfig(num_byzantine=0, steps=1))
+    with pytest.raises(ValueError, match="test: x and y"):
+        simulate(torch.nn.Linear(64, 10), (x, y), (x, y[:1]), Mean(), None, SimulationConfig(num_byzantine=0, steps=1))

@@ -6,13 +6,18 @@ by the attack's output; non-finite rows go through :func:`~commcomp.robust.valid
 the defence aggregates; a server SGD step applies the result. This is the setting of the
 robust-aggregation papers (Krum, Bulyan, IPM, ALIE, MixTailor).
 
+Data are plain tensors: ``train`` and ``test`` are ``(x, y)`` pairs of inputs and int64 class
+labels ``0..C-1`` (``examples/mixtailor_digits.py`` passes scikit-learn's digits this way).
+
 Example::
 
     >>> import torch
-    >>> from commcomp.data import load_digits_tensors
     >>> from commcomp.robust import CoordinateMedian, IPM
     >>> from commcomp.robust.simulation import SimulationConfig, simulate
-    >>> train, test = load_digits_tensors(flat=True)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> y = torch.randint(10, (400,), generator=g)
+    >>> x = 3 * torch.eye(10, 64)[y] + torch.randn(400, 64, generator=g)  # 10 separable classes
+    >>> train, test = (x[:300], y[:300]), (x[300:], y[300:])
     >>> model = torch.nn.Sequential(torch.nn.Linear(64, 10))
     >>> cfg = SimulationConfig(num_workers=5, num_byzantine=1, steps=20)
     >>> result = simulate(model, train, test, CoordinateMedian(), IPM(0.1), cfg)
@@ -28,12 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..data import Split
 from .aggregators import Aggregator
 from .attacks import Attack, flip_labels
 from .validation import InvalidPolicy, check_f, sanitize
 
 __all__ = ["SimulationConfig", "SimulationResult", "simulate", "evaluate"]
+
+Samples = tuple[torch.Tensor, torch.Tensor]
+"""Inputs ``x`` (first dimension: samples) and int64 class labels ``y`` of one split."""
 
 
 @dataclass(frozen=True)
@@ -102,12 +109,27 @@ class SimulationResult:
         return self.test_accuracy[-1]
 
 
+def _check_samples(name: str, data: Samples) -> Samples:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
+        raise ValueError(f"{name} must be an (x, y) pair of tensors, got {type(data).__name__}")
+    x, y = data
+    if y.dim() != 1 or y.dtype != torch.int64:
+        raise ValueError(f"{name}: y must be a 1-D int64 label tensor, got shape {tuple(y.shape)} and {y.dtype}")
+    if x.dim() < 1 or x.shape[0] != y.shape[0] or y.shape[0] == 0:
+        raise ValueError(f"{name}: x and y must hold the same number (>= 1) of samples, got "
+                         f"x {tuple(x.shape)} and y {tuple(y.shape)}")
+    if int(y.min()) < 0:
+        raise ValueError(f"{name}: class labels y must be >= 0, got {int(y.min())}")
+    return x, y
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split: Split, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy of ``model`` on ``split``."""
+def evaluate(model: torch.nn.Module, data: Samples, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy of ``model`` on the ``(x, y)`` pair ``data``."""
+    x, y = _check_samples("data", data)
     model.eval()
-    pred = model(split.x.to(device)).argmax(dim=1)
-    return float((pred == split.y.to(device)).float().mean())
+    pred = model(x.to(device)).argmax(dim=1)
+    return float((pred == y.to(device)).float().mean())
 
 
 def _shards(num_samples: int, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -119,29 +141,32 @@ def _shards(num_samples: int, n: int, gen: torch.Generator) -> torch.Tensor:
 
 def simulate(
     model: torch.nn.Module,
-    train: Split,
-    test: Split,
+    train: Samples,
+    test: Samples,
     aggregator: Aggregator,
     attack: Attack | None,
     config: SimulationConfig,
     device: torch.device | str = "cpu",
     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
 ) -> SimulationResult:
-    """Train ``model`` (in place) with ``config.num_workers`` simulated workers.
+    """Train ``model`` (in place) with ``config.num_workers`` simulated workers on ``train``,
+    reporting accuracy on ``test`` (both ``(x, y)`` pairs of tensors, labels int64 ``0..C-1``).
 
     The aggregator sees the honest rows first and the Byzantine rows last; every rule here is
     permutation invariant up to ties. ``progress`` wraps the step range (e.g. tqdm).
     """
     n, byz, f = config.num_workers, config.num_byzantine, config.f
+    x_train, y_train = _check_samples("train", train)
+    test = _check_samples("test", test)
     if byz > 0 and attack is None:
         raise ValueError("attack must be given when num_byzantine > 0")
     aggregator.check_workers(n, f)
     device = torch.device(device)
     gen = torch.Generator().manual_seed(config.seed)
     model.to(device)
-    shards = _shards(len(train), n, gen)
-    x_all, y_all = train.x.to(device), train.y.to(device)
-    num_classes = train.num_classes
+    shards = _shards(y_train.shape[0], n, gen)
+    x_all, y_all = x_train.to(device), y_train.to(device)
+    num_classes = int(y_train.max()) + 1
     attack_gen = torch.Generator().manual_seed(config.seed + 1)
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -12,7 +12,7 @@ Every model returns logits; a ``num_classes=1`` model returns shape ``(N,)`` for
 Example::
 
     >>> import torch
-    >>> from commcomp.recipes.models import DigitsCNN, MLP
+    >>> from common.models import DigitsCNN, MLP
     >>> DigitsCNN()(torch.rand(2, 1, 8, 8)).shape
     torch.Size([2, 10])
     >>> MLP(40, hidden=(64,), num_classes=10)(torch.rand(2, 40)).shape

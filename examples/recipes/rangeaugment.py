@@ -19,7 +19,7 @@ error scale.
 Example::
 
     >>> import torch
-    >>> from commcomp.recipes.rangeaugment import RangeAugment, psnr, psnr_target_loss
+    >>> from recipes.rangeaugment import RangeAugment, psnr, psnr_target_loss
     >>> aug = RangeAugment()
     >>> x = torch.rand(16, 1, 8, 8)
     >>> x_aug, applied = aug(x)

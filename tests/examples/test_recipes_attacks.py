@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from commcomp.recipes.attacks import (
+from recipes.attacks import (
     FourierLinfBall,
     L2Ball,
     LinfBall,

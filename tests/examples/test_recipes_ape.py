@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from commcomp.recipes.ape import (
+from recipes.ape import (
     APEHeads,
     ResidualMLPHead,
     class_embeddings,
@@ -15,7 +15,7 @@ from commcomp.recipes.ape import (
     synthetic_shapes,
     zero_shot_accuracy,
 )
-from commcomp.recipes.contrastive import info_nce_loss
+from recipes.contrastive import info_nce_loss
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,7 @@
 Example (inside a script launched with ``torchrun --nproc_per_node=2``)::
 
     import argparse, torch
-    from commcomp import runtime
+    from common import runtime
 
     parser = argparse.ArgumentParser()
     runtime.add_common_arguments(parser)

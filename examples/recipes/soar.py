@@ -28,8 +28,8 @@ per-sample); the regularizer is the batch mean of ``||H~_i z_i||``.
 Example::
 
     >>> import torch
-    >>> from commcomp.recipes.models import DigitsCNN
-    >>> from commcomp.recipes.soar import SOARLoss
+    >>> from common.models import DigitsCNN
+    >>> from recipes.soar import SOARLoss
     >>> model = DigitsCNN()
     >>> loss_fn = SOARLoss(eps=0.1, norm="linf", lam=1.0)
     >>> x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from commcomp.recipes.attacks import get_ball, pgd_attack
-from commcomp.recipes.training import unwrap
+from common.training import unwrap
+from recipes.attacks import get_ball, pgd_attack
 
 __all__ = [
     "random_unit_augmented",
@@ -156,7 +156,7 @@ class SOARLoss:
     ``x'`` is ``x`` moved by one PGD step of size ``init_step_size`` (default ``eps / 4``) from a
     uniform random start in the ``norm``-ball of radius ``eps``, clamped to ``bounds``.
 
-    Called as ``loss_fn(model, x, y)`` (the :data:`commcomp.recipes.training.LossFn` protocol).
+    Called as ``loss_fn(model, x, y)`` (the :data:`common.training.LossFn` protocol).
     It returns a scalar whose *value* is ``CE(x')`` and whose *gradient* is
     ``grad CE(x') + clip(grad lam R(x'), grad_clip)``: the clipped regularizer gradient enters
     through a linear surrogate ``<theta, c> - <theta, c>.detach()``, so one ``backward()`` -- and so

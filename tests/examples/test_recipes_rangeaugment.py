@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from commcomp.recipes.rangeaugment import (
+from recipes.rangeaugment import (
     FixedRangeAugment,
     LearnableRange,
     RangeAugment,
@@ -117,7 +117,7 @@ def _median_psnr(aug, x_all, g, n=8):
 def test_psnr_tracks_target_on_toy_model():
     """Jointly train a linear classifier and the ranges on digits while the target follows the
     40 -> 20 dB cosine curriculum: the measured PSNR must follow it (within 3 dB) at both ends."""
-    from commcomp.data import load_digits_tensors
+    from common.data import load_digits_tensors
 
     train, _ = load_digits_tensors(seed=0)
     g = torch.Generator().manual_seed(0)

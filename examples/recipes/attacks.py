@@ -15,7 +15,7 @@ is the inverse DFT of the gradient's phase, ``F^-1(g_hat / |g_hat|)`` -- the Fou
 Example::
 
     >>> import torch
-    >>> from commcomp.recipes.attacks import get_ball, pgd_attack
+    >>> from recipes.attacks import get_ball, pgd_attack
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     >>> x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
     >>> x_adv = pgd_attack(model, x, y, "fourier-linf", eps=0.1, steps=10)
@@ -321,7 +321,7 @@ def make_pgd(
 ) -> Callable[[torch.nn.Module, Tensor, Tensor], Tensor]:
     """``pgd_attack`` with its threat model fixed: ``perturb(model, x, y) -> x_adv``.
 
-    This is the ``perturb`` argument :func:`commcomp.recipes.training.evaluate` takes for robust
+    This is the ``perturb`` argument :func:`common.training.evaluate` takes for robust
     accuracy, e.g. ``evaluate(model, test, ctx, perturb=make_pgd("linf", 0.1, 20))``.
     """
     ball = get_ball(ball)

@@ -16,7 +16,7 @@ world size.
 Example (single process; under ``torchrun`` the same call uses all ranks' negatives)::
 
     >>> import torch
-    >>> from commcomp.recipes.contrastive import vse_loss, retrieval_metrics
+    >>> from recipes.contrastive import vse_loss, retrieval_metrics
     >>> img = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
     >>> txt = torch.nn.functional.normalize(img + 0.1 * torch.randn(8, 16), dim=1)
     >>> float(vse_loss(img, txt, margin=0.2, hardest=True)) >= 0.0

@@ -4,12 +4,13 @@ import math
 import pytest
 import torch
 
-from commcomp.recipes.attacks import (
+from common.models import MLP, LinearCircularConvNet
+from recipes.attacks import (
     fourier_linf_ascent_direction,
     fourier_linf_norm,
     project_fourier_linf,
 )
-from commcomp.recipes.fourier import (
+from recipes.fourier import (
     dual_norm,
     end_to_end_linear,
     linear_robust_accuracy,
@@ -19,7 +20,6 @@ from commcomp.recipes.fourier import (
     steepest_descent_linear,
     train_binary_full_batch,
 )
-from commcomp.recipes.models import MLP, LinearCircularConvNet
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from commcomp.recipes.contrastive import (
+from recipes.contrastive import (
     all_gather_with_grad,
     hinge_triplet_loss,
     info_nce_loss,
@@ -17,7 +17,7 @@ from commcomp.recipes.contrastive import (
     retrieval_metrics,
     vse_loss,
 )
-from commcomp.recipes.text import DIGIT_NAMES, DigitCaptioner, digit_attributes, encode_texts, load_sentence_encoder
+from recipes.text import DIGIT_NAMES, DigitCaptioner, digit_attributes, encode_texts, load_sentence_encoder
 
 torch.set_num_threads(1)
 
@@ -174,7 +174,7 @@ def test_digit_attributes_hand_cases():
 
 
 def test_captioner_groups_match_descriptions():
-    from commcomp.data import load_digits_tensors
+    from common.data import load_digits_tensors
 
     train, _ = load_digits_tensors(seed=0)
     cap = DigitCaptioner().fit(train.x)

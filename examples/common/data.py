@@ -8,7 +8,7 @@ split deterministically by ``seed`` so every rank of a distributed run sees the 
 
 Example::
 
-    >>> from commcomp.data import load_digits_tensors
+    >>> from common.data import load_digits_tensors
     >>> train, test = load_digits_tensors(seed=0)
     >>> train.x.shape[1:], int(train.y.max())
     (torch.Size([1, 8, 8]), 9)

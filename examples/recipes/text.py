@@ -11,8 +11,8 @@ so later runs skip the ~5 s model load.
 
 Example::
 
-    >>> from commcomp.data import load_digits_tensors
-    >>> from commcomp.recipes.text import DigitCaptioner
+    >>> from common.data import load_digits_tensors
+    >>> from recipes.text import DigitCaptioner
     >>> train, _ = load_digits_tensors(seed=0)
     >>> cap = DigitCaptioner().fit(train.x)
     >>> texts, groups = cap.describe(train.x[:2], train.y[:2], seed=0)

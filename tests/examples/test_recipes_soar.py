@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from _dist import run_ranks
 
-from commcomp.recipes.models import DigitsCNN
-from commcomp.recipes.soar import (
+from common.models import DigitsCNN
+from recipes.soar import (
     SOARLoss,
     augmented_hvp_from_gradients,
     finite_difference_augmented_hvp,
@@ -119,9 +119,9 @@ def test_soar_loss_rejects_bad_arguments():
 
 
 def _ddp_soar_step(rank, world_size):
-    from commcomp import runtime
-    from commcomp.data import load_digits_tensors
-    from commcomp.recipes.training import evaluate, fit, unwrap
+    from common import runtime
+    from common.data import load_digits_tensors
+    from common.training import evaluate, fit, unwrap
 
     ctx = runtime.DistContext(rank, world_size, torch.device("cpu"))
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ perturbation ball    dual norm of ``w``   which training converges to the max ma
 ===================  ==================  =================================================
 
 (Steepest descent in a norm converges in direction to the max-margin solution in that norm,
-Gunasekar et al. 2018; ``F`` is the orthonormal DFT of :mod:`commcomp.recipes.attacks`.)
+Gunasekar et al. 2018; ``F`` is the orthonormal DFT of :mod:`recipes.attacks`.)
 
 This module has the pieces the ``examples/fourier_linf.py`` recipe runs: separable Gaussian data,
 normalised steepest descent for linear models, exact max-margin solutions (QP/LP with SciPy),
@@ -22,7 +22,7 @@ margins/closed-form robust accuracy, and full-batch training of small linear net
 
 Example::
 
-    >>> from commcomp.recipes.fourier import (separable_gaussian, steepest_descent_linear,
+    >>> from recipes.fourier import (separable_gaussian, steepest_descent_linear,
     ...     max_margin_linear, normalized_margin)
     >>> data = separable_gaussian(n=20, d=80, seed=0)
     >>> w_gd = steepest_descent_linear(data.x, data.y, "l2", steps=2000)
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from commcomp.recipes.attacks import fourier_coefficients
+from recipes.attacks import fourier_coefficients
 
 __all__ = [
     "PERTURBATIONS",

@@ -1,13 +1,13 @@
 """A small distributed train/eval loop shared by the recipes in ``examples/``.
 
-* :func:`fit` runs epochs over this rank's shard of an in-memory :class:`~commcomp.data.Split`
+* :func:`fit` runs epochs over this rank's shard of an in-memory :class:`~common.data.Split`
   (a :class:`~torch.utils.data.DistributedSampler`, reshuffled every epoch, so all ranks take the
   same number of steps), calls ``loss_fn(model, x, y)`` on each batch, back-propagates the scalar
-  it returns and steps the optimizer. Wrap the model with :func:`commcomp.runtime.wrap_ddp` first:
+  it returns and steps the optimizer. Wrap the model with :func:`common.runtime.wrap_ddp` first:
   DDP then averages gradients across ranks (through the ``--comm-hook`` compression hook).
 * :func:`evaluate` computes accuracy over a split sharded across ranks (counts are summed with
   ``all_reduce``), optionally on inputs replaced by ``perturb(model, x, y)`` -- an attack such as
-  :func:`commcomp.recipes.attacks.make_pgd` -- for robust accuracy.
+  :func:`recipes.attacks.make_pgd` -- for robust accuracy.
 
 A loss function sees the model as passed to :func:`fit` (possibly DDP-wrapped). Its extra forward
 passes that must not start a DDP reduction -- e.g. an attack crafting training inputs -- should
@@ -16,10 +16,10 @@ go through :func:`unwrap`\\ ``(model)``; the forward whose loss is returned goes
 Example (works as plain ``python`` and under ``torchrun``)::
 
     import torch
-    from commcomp import runtime
-    from commcomp.data import load_digits_tensors
-    from commcomp.recipes.models import DigitsCNN
-    from commcomp.recipes.training import evaluate, fit
+    from common import runtime
+    from common.data import load_digits_tensors
+    from common.models import DigitsCNN
+    from common.training import evaluate, fit
 
     ctx = runtime.init_distributed("cpu")
     train, test = load_digits_tensors(seed=0)
@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from commcomp import runtime
-from commcomp.data import Split
+from common import runtime
+from common.data import Split
 
 __all__ = ["LossFn", "Perturb", "cross_entropy_loss", "unwrap", "make_loader", "fit", "evaluate"]
 
@@ -104,7 +104,7 @@ def fit(
     """Train ``model`` for ``epochs`` epochs on this rank's shard of ``train``.
 
     Args:
-        model: usually the output of :func:`commcomp.runtime.wrap_ddp`.
+        model: usually the output of :func:`common.runtime.wrap_ddp`.
         optimizer: steps after each batch's backward.
         loss_fn: ``loss_fn(model, x, y) -> scalar``; default :func:`cross_entropy_loss`.
         scheduler: stepped once per epoch when given.

@@ -2,7 +2,7 @@
 
 The encoders never train: their features are computed once. Two small residual-MLP heads map
 them into a shared space, trained with the symmetric InfoNCE loss
-(:func:`commcomp.recipes.contrastive.info_nce_loss`) and a learnable temperature. Zero-shot
+(:func:`recipes.contrastive.info_nce_loss`) and a learnable temperature. Zero-shot
 classification then compares an image embedding with the embeddings of class prompts.
 
 The paper's second point is data: a small alignment set *curated* for the downstream task beats
@@ -17,8 +17,8 @@ the pairs whose caption (in the frozen text encoder's space) is closest to some 
 Example::
 
     >>> import torch
-    >>> from commcomp.recipes.ape import APEHeads, class_embeddings, zero_shot_accuracy
-    >>> from commcomp.recipes.contrastive import info_nce_loss
+    >>> from recipes.ape import APEHeads, class_embeddings, zero_shot_accuracy
+    >>> from recipes.contrastive import info_nce_loss
     >>> heads = APEHeads(image_dim=64, text_dim=384, embed_dim=32)
     >>> img_f, txt_f = torch.randn(8, 64), torch.randn(8, 384)
     >>> zi, zt, scale = heads(img_f, txt_f)
