@@ -92,7 +92,13 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
     assert not failures, f"modules that fail to import alone (traceback above): {failures}"
 
 
-@pytest.mark.parametrize("name", _modules())
+def _example_modules() -> list[str]:
+    # examples/ is on sys.path (tests/conftest.py), as for a script run from examples/
+    examples = PACKAGE_DIR.parent / "examples"
+    return sorted(f"{pkg}.{p.stem}" for pkg in ("common", "recipes") for p in (examples / pkg).glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", _modules() + _example_modules())
 def test_docstring_examples_run(name):
     module = importlib.import_module(name)
     finder = doctest.DocTestFinder(exclude_empty=True)
