@@ -80,14 +80,15 @@ def quantize_symbols(
     norms = bucket_norms(x, bucket_size, norm) if norms is None else norms
     n = norms.repeat_interleave(bucket_size)[: x.numel()]
     count = levels.numel()
-    safe_n = torch.where(n > 0, n, torch.ones_like(n))
+    usable = (n > 0) & torch.isfinite(n)  # zero and non-finite buckets decode to zero
+    safe_n = torch.where(usable, n, torch.ones_like(n))
     r = torch.clamp(x.abs() / safe_n, max=1.0)
     j = torch.clamp(torch.searchsorted(levels, r, right=True) - 1, 0, count - 2)
     lo = levels[j]
     inv_width = 1.0 / (levels[1:] - levels[:-1])  # float32, as LevelTable.inv_width
     p = (r - lo) * inv_width[j]
     index = j + (uniforms(seed, offset, x.numel()) < p).to(torch.int64)
-    index = torch.where(n > 0, index, torch.zeros_like(index))
+    index = torch.where(usable, index, torch.zeros_like(index))
     sign = ((index != 0) & (x < 0)).to(torch.int64)
     return norms, (index << 1) | sign
 

@@ -107,15 +107,21 @@ def quantize(
     seed: int = 0,
     offset: int = 0,
     norms: torch.Tensor | None = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stochastically round flat ``x`` onto ``levels`` per bucket; return ``(norms, symbols)``.
 
     ``symbols`` is a uint8 stream packed at :func:`symbol_width` bits per element. Draws come from
     Philox at ``(seed, offset, element index)``: the same triple gives the same bits on every device.
     ``norms``, if given, replaces the per-bucket scales (each must be >= the bucket's own ``norm``;
-    e.g. the max over ranks, for a shared scale). Raises ``ValueError`` if a bucket holds inf/NaN.
+    e.g. the max over ranks, for a shared scale).
+
+    A bucket holding inf/NaN (or whose L2 norm overflows float32) has a non-finite norm — both
+    norms propagate NaN. By default that raises ``ValueError``; with ``allow_nonfinite=True`` the
+    bucket's symbols are all zero and its norm is returned as is, so a caller detects it from the
+    norms without a second pass over ``x`` (what the DDP hooks do, to send it uncompressed).
     """
-    return torch.ops.commcomp.quantize(x, levels, bucket_size, norm, seed, offset, norms)
+    return torch.ops.commcomp.quantize(x, levels, bucket_size, norm, seed, offset, norms, allow_nonfinite)
 
 
 def dequantize(
@@ -273,7 +279,7 @@ def _bucket_norms_fake(x, bucket_size, norm):
 
 
 @torch.library.register_fake("commcomp::quantize")
-def _quantize_fake(x, levels, bucket_size, norm, seed, offset, norms=None):
+def _quantize_fake(x, levels, bucket_size, norm, seed, offset, norms=None, allow_nonfinite=False):
     _check_gradient(x)
     _check_levels(levels)
     _check_bucket_size(bucket_size)

@@ -137,6 +137,45 @@ def test_non_finite_input_raises(bad):
         QSGD(4, 512).quantize(x)
 
 
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("position", [0, 31, 32, 200, 511])  # first/last of a lane, mid, bucket end
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nonfinite_values_give_a_nonfinite_norm(norm, dtype, position, bad):
+    # Before NaN propagated, the L-inf max skipped a NaN unless it was its lane's last element.
+    x = torch.randn(1536).to(dtype)
+    x[512 + position] = bad
+    norms = ops.bucket_norms(x, 512, norm)
+    assert bool(torch.isfinite(norms[[0, 2]]).all())
+    assert math.isnan(norms[1]) if math.isnan(bad) else norms[1] == math.inf
+    assert torch.equal(norms.nan_to_num(), ref.bucket_norms(x, 512, norm).nan_to_num())
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_allow_nonfinite_zeroes_those_buckets_and_keeps_the_rest(scheme):
+    q = SCHEMES[scheme]
+    x = torch.randn(3000)
+    x[[10, 1500]] = torch.tensor([math.nan, -math.inf])
+    with pytest.raises(ValueError, match="non-finite"):
+        q.quantize(x, seed=3)
+    out = q.quantize(x, seed=3, allow_nonfinite=True)
+    bad = ~torch.isfinite(out.norms)
+    assert bad.nonzero().flatten().tolist() == [10 // q.bucket_size, 1500 // q.bucket_size]
+    symbols = ops.unpack_symbols(out.symbols, q.bits, x.numel())
+    in_bad = bad.repeat_interleave(q.bucket_size)[: x.numel()]
+    assert int(symbols[in_bad].max()) == 0  # valid zero symbols: Elias codes them too
+    clean = x.clone()
+    clean[in_bad] = 0.0
+    expected = q.quantize(clean, seed=3)  # same Philox stream: the other buckets are unchanged
+    expected_symbols = ops.unpack_symbols(expected.symbols, q.bits, x.numel())
+    assert torch.equal(symbols[~in_bad], expected_symbols[~in_bad])
+    assert torch.equal(out.norms[~bad], expected.norms[~bad])
+    _, packed = ref.quantize(x, q.levels.tensor(), q.bucket_size, q.norm, 3, 0)
+    assert torch.equal(packed, out.symbols)
+    with pytest.raises(ValueError, match="non-finite"):  # shared scales still need finite buckets
+        ops.quantize(x, q.levels.tensor(), q.bucket_size, q.norm, 3, 0, out.norms.nan_to_num(posinf=1e30), True)
+
+
 def test_empty_input():
     q = QSGD(4, 512)
     p = q.quantize(torch.empty(0))
@@ -237,6 +276,7 @@ def _opcheck_samples():
         (torch.ops.commcomp.bucket_norms.default, (x, 64, "linf")),
         (torch.ops.commcomp.quantize.default, (x, lv, 64, "l2", 1, 2)),
         (torch.ops.commcomp.quantize.default, (x.half(), lv, 100, "linf", 1, 2)),
+        (torch.ops.commcomp.quantize.default, (torch.where(x > 2, float("inf"), x), lv, 64, "linf", 1, 2, None, True)),
         (torch.ops.commcomp.dequantize.default, (norms, symbols, lv, 64, 300)),
         (torch.ops.commcomp.dequantize_accumulate.default, (torch.zeros(300), [norms, norms], [symbols, symbols], lv, 64, 0.5)),
         (torch.ops.commcomp.pack_symbols.default, (torch.randint(0, 8, (50,), dtype=torch.uint8), 3)),
@@ -244,7 +284,7 @@ def _opcheck_samples():
     ]
 
 
-@pytest.mark.parametrize("sample", range(7))
+@pytest.mark.parametrize("sample", range(8))
 def test_opcheck(sample):
     op, args = _opcheck_samples()[sample]
     torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
@@ -284,6 +324,21 @@ def test_cuda_matches_cpu_bit_for_bit(scheme, dtype):
         for width in (2, 3, 8):
             s = torch.randint(0, 2**width, (numel,), dtype=torch.uint8)
             assert torch.equal(ops.pack_symbols(s, width), ops.pack_symbols(s.cuda(), width).cpu())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_cuda_nonfinite_norms_and_zeroed_buckets_match_cpu(norm):
+    x = torch.randn(5000)
+    x[[3, 700, 4999]] = torch.tensor([math.nan, math.inf, -math.inf])
+    lv = NUQSGD(4).levels.tensor()
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        xd = x.to(dtype)
+        cpu = ops.quantize(xd, lv, 256, norm, 9, 4, None, True)
+        gpu = ops.quantize(xd.cuda(), lv.cuda(), 256, norm, 9, 4, None, True)
+        assert torch.equal(cpu[0].nan_to_num(), gpu[0].cpu().nan_to_num())
+        assert torch.equal(torch.isnan(cpu[0]), torch.isnan(gpu[0].cpu()))
+        assert torch.equal(cpu[1], gpu[1].cpu())
 
 
 def test_shared_norms_match_reference_and_stay_unbiased():

@@ -312,20 +312,28 @@ def _announced_size(frame: torch.Tensor) -> int:
     return frame.numel()
 
 
-def make_frame(body: torch.Tensor | None, size: int | None = None) -> torch.Tensor:
-    """A kind byte followed by ``body`` (a uint8 payload), or the non-finite marker for ``None``.
+def make_frame(body: torch.Tensor | None, size: int | None = None, finite: torch.Tensor | bool = True) -> torch.Tensor:
+    """A kind byte followed by ``body`` (a uint8 payload), or the non-finite marker.
 
-    ``size`` pads the frame to a length every rank computes the same (fixed-width payloads), so
-    a marker travels in the same collective as everyone else's payload.
+    The marker is sent for ``body=None`` or when ``finite`` is false; ``finite`` may be a 0-d bool
+    tensor (e.g. ``isfinite(norms).all()``), so deciding costs no host synchronization. ``size``
+    pads the frame to a length every rank computes the same (fixed-width payloads), so a marker
+    travels in the same collective as everyone else's payload.
     """
     length = size if size is not None else 1 + (body.numel() if body is not None else 0)
     device = body.device if body is not None else None
     frame = torch.zeros(length, dtype=torch.uint8, device=device)
-    frame[0] = FRAME_NONFINITE if body is None else FRAME_PAYLOAD
-    if body is not None:
-        if 1 + body.numel() > length:
-            raise ValueError(f"payload of {body.numel()} bytes does not fit a frame of {length} bytes")
-        frame[1 : 1 + body.numel()] = body
+    if body is None:
+        frame[0] = FRAME_NONFINITE
+        return frame
+    if 1 + body.numel() > length:
+        raise ValueError(f"payload of {body.numel()} bytes does not fit a frame of {length} bytes")
+    frame[1 : 1 + body.numel()] = body
+    if isinstance(finite, torch.Tensor):
+        kinds = torch.tensor([FRAME_NONFINITE, FRAME_PAYLOAD], dtype=torch.uint8, device=device)
+        frame[0] = kinds[finite.to(torch.long)]
+    else:
+        frame[0] = FRAME_PAYLOAD if finite else FRAME_NONFINITE
     return frame
 
 

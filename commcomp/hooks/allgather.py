@@ -48,19 +48,17 @@ def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     wire = BucketWire(state, group, 2 if fixed else 3, buffer.device)
     fallback_stage = 1 if fixed else 2
     x = state.with_residual(bucket)
-    offset = state.next_offset()
-    q: QuantizedTensor | None = None
-    if bool(torch.isfinite(x).all()):
-        q = quantizer.quantize(x, seed=state.rank_seed(group.rank), offset=offset)
-        state.observe(x, q.norms)
-        body = codecs.encode(q, coding=state.coding)
-    else:
-        body = None
+    # Non-finite buckets come back with their inf/NaN norm (the kernel reads every element anyway):
+    # the frame's kind byte says so, computed on the device, with no second pass over x.
+    q = quantizer.quantize(x, seed=state.rank_seed(group.rank), offset=state.next_offset(), allow_nonfinite=True)
+    finite = torch.isfinite(q.norms).all()
+    state.observe(x, q.norms)
+    body = codecs.encode(q, coding=state.coding)
     if fixed:
-        frame = make_frame(body, 1 + codecs.fixed_payload_bytes(numel, quantizer.bucket_size, levels))
+        frame = make_frame(body, 1 + codecs.fixed_payload_bytes(numel, quantizer.bucket_size, levels), finite)
         gathered = wire.gather_fixed(0, frame)
     else:
-        frame = make_frame(body)
+        frame = make_frame(body, finite=finite)
         gathered = wire.gather_variable(0, frame, state.payload_cap(numel), "raise", _HOOK)
     state.record(frame.numel(), numel * buffer.element_size())
 
@@ -69,7 +67,7 @@ def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
         if total is None:
             return wire.fp32_average(fallback_stage, buffer)
         wire.skip(fallback_stage)
-        if q is not None and state.wants_decoded_own():
+        if state.wants_decoded_own():
             state.after_compression(bucket, x, quantizer.dequantize(q, torch.float32))
         return buffer.copy_(total)
 

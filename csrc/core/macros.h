@@ -58,6 +58,9 @@ COMMCOMP_HD float fsqrt_rn(float a) {
 
 COMMCOMP_HD float fabs_hd(float a) { return a < 0.0f ? -a : a; }
 COMMCOMP_HD float fmax_hd(float a, float b) { return a > b ? a : b; }
+// max that returns NaN if either argument is NaN (fmax_hd returns b when a is NaN, a when b is).
+COMMCOMP_HD float fmax_nan(float a, float b) { return (a != a || a > b) ? a : b; }
+constexpr float kFloatMax = 3.40282347e38f;  // FLT_MAX, without <cfloat> in device code
 COMMCOMP_HD float fmin_hd(float a, float b) { return a < b ? a : b; }
 
 }  // namespace commcomp

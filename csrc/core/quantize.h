@@ -19,12 +19,15 @@ enum class NormKind : int { L2 = 0, LInf = 1 };
 // does the same with shuffles, so both backends add in the same order and agree bit for bit.
 constexpr int kNormLanes = 32;
 
+// NaN and inf must survive both norms: a bucket's norm is finite exactly when the bucket is (or
+// its L2 norm overflows float32), which is how callers learn to send it uncompressed. Sums
+// propagate them by themselves; the L-inf max uses fmax_nan, which a plain `a > b ? a : b` is not.
 COMMCOMP_HD float norm_lane_update(float acc, float x, NormKind kind) {
-  return kind == NormKind::L2 ? fadd_rn(acc, fmul_rn(x, x)) : fmax_hd(acc, fabs_hd(x));
+  return kind == NormKind::L2 ? fadd_rn(acc, fmul_rn(x, x)) : fmax_nan(acc, fabs_hd(x));
 }
 
 COMMCOMP_HD float norm_lane_combine(float a, float b, NormKind kind) {
-  return kind == NormKind::L2 ? fadd_rn(a, b) : fmax_hd(a, b);
+  return kind == NormKind::L2 ? fadd_rn(a, b) : fmax_nan(a, b);
 }
 
 COMMCOMP_HD float norm_finish(float acc, NormKind kind) {
@@ -43,7 +46,9 @@ COMMCOMP_HD float norm_combine_lanes(float* lanes, NormKind kind) {
 // LevelTable.
 COMMCOMP_HD uint32_t quantize_one(float x, float norm, const float* levels, const float* inv_width,
                                   int count, float u) {
-  if (!(norm > 0.0f)) return 0u;  // zero bucket (or NaN norm): everything decodes to zero
+  // A zero bucket decodes to zero; so do buckets with an inf/NaN norm, which the op refuses
+  // unless asked (allow_nonfinite) to leave their detection to the caller.
+  if (!(norm > 0.0f && norm <= kFloatMax)) return 0u;
   const float r = fmin_hd(fdiv_rn(fabs_hd(x), norm), 1.0f);
   const int j = find_interval(levels, count, r);
   const float p = fmul_rn(fsub_rn(r, levels[j]), inv_width[j]);

@@ -23,7 +23,6 @@ namespace commcomp {
 constexpr int kMaxStatBins = 4096;     // shared-memory histogram of 8-byte counters: 32 KiB
 constexpr float kStatFixedScale = 4294967296.0f;  // 2^32
 constexpr double kStatFixedInv = 1.0 / 4294967296.0;
-constexpr float kFloatMax = 3.40282347e38f;
 
 // Bin of a normalized magnitude r in [0, 1], or -1 when the coordinate carries no information:
 // r == 0 (exact zeros round to level 0 with zero variance under every table) and NaN.

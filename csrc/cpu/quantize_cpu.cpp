@@ -54,11 +54,14 @@ at::Tensor bucket_norms_cpu(const at::Tensor& x, int64_t bucket_size, const std:
 std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::Tensor& levels,
                                                 int64_t bucket_size, const std::string& norm,
                                                 int64_t seed, int64_t offset,
-                                                const std::optional<at::Tensor>& given) {
+                                                const std::optional<at::Tensor>& given,
+                                                bool allow_nonfinite) {
   check_seed(seed, offset);
   const LevelTable table = level_table_from(levels);
   at::Tensor norms = bucket_norms_cpu(x, bucket_size, norm);
-  check_finite_norms(norms);
+  // Shared scales must cover finite buckets; otherwise a non-finite bucket is an error unless the
+  // caller reads it from the returned norms (its symbols are then all zero).
+  if (given.has_value() || !allow_nonfinite) check_finite_norms(norms);
   if (given.has_value()) norms = given_norms(*given, norms, bucket_size);
   const int64_t n = x.numel();
   const int width = table.index_bits + 1;

@@ -34,11 +34,13 @@ at::Tensor bucket_norms_cuda(const at::Tensor& x, int64_t bucket_size, const std
 std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, const at::Tensor& levels,
                                                  int64_t bucket_size, const std::string& norm,
                                                  int64_t seed, int64_t offset,
-                                                 const std::optional<at::Tensor>& given) {
+                                                 const std::optional<at::Tensor>& given,
+                                                 bool allow_nonfinite) {
   check_seed(seed, offset);
   const LevelTable table = level_table_from(levels);
   at::Tensor norms = bucket_norms_cuda(x, bucket_size, norm);
-  check_finite_norms(norms);  // synchronizes: non-finite buckets must not be silently encoded
+  // Synchronizes, unless the caller detects non-finite buckets from the returned norms itself.
+  if (given.has_value() || !allow_nonfinite) check_finite_norms(norms);
   if (given.has_value()) norms = given_norms(*given, norms, bucket_size);
   const int width = table.index_bits + 1;
   at::Tensor symbols = at::empty({packed_bytes(x.numel(), width)}, x.options().dtype(at::kByte));
