@@ -34,9 +34,9 @@ def philox4x32_10(counter: torch.Tensor, key0: int, key1: int) -> torch.Tensor:
     return torch.stack([c0, c1, c2, c3], dim=-1)
 
 
-def uniforms(seed: int, offset: int, numel: int) -> torch.Tensor:
-    """The float32 uniform the kernels draw for each element index 0..numel-1."""
-    groups = torch.arange((numel + 3) // 4, dtype=torch.int64)
+def uniforms(seed: int, offset: int, numel: int, stream_index: int = 0) -> torch.Tensor:
+    """The float32 uniform the kernels draw for each element index stream_index..stream_index+numel-1."""
+    groups = torch.arange(stream_index // 4, stream_index // 4 + (numel + 3) // 4, dtype=torch.int64)
     counter = torch.stack(
         [groups & MASK32, groups >> 32, torch.full_like(groups, offset & MASK32), torch.full_like(groups, offset >> 32)],
         dim=-1,
@@ -73,7 +73,8 @@ def bucket_norms(x: torch.Tensor, bucket_size: int, norm: str = "l2") -> torch.T
 
 
 def quantize_symbols(
-    x: torch.Tensor, levels: torch.Tensor, bucket_size: int, norm: str, seed: int, offset: int, norms=None
+    x: torch.Tensor, levels: torch.Tensor, bucket_size: int, norm: str, seed: int, offset: int, norms=None,
+    stream_index: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Norms and *unpacked* symbols ``(index << 1) | sign`` as int64."""
     x = x.reshape(-1).to(torch.float32)
@@ -87,7 +88,7 @@ def quantize_symbols(
     lo = levels[j]
     inv_width = 1.0 / (levels[1:] - levels[:-1])  # float32, as LevelTable.inv_width
     p = (r - lo) * inv_width[j]
-    index = j + (uniforms(seed, offset, x.numel()) < p).to(torch.int64)
+    index = j + (uniforms(seed, offset, x.numel(), stream_index) < p).to(torch.int64)
     index = torch.where(usable, index, torch.zeros_like(index))
     sign = ((index != 0) & (x < 0)).to(torch.int64)
     return norms, (index << 1) | sign
@@ -110,9 +111,10 @@ def unpack(packed: torch.Tensor, width: int, numel: int) -> torch.Tensor:
 
 
 def quantize(
-    x: torch.Tensor, levels: torch.Tensor, bucket_size: int, norm: str = "l2", seed: int = 0, offset: int = 0, norms=None
+    x: torch.Tensor, levels: torch.Tensor, bucket_size: int, norm: str = "l2", seed: int = 0, offset: int = 0, norms=None,
+    stream_index: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    norms, symbols = quantize_symbols(x, levels, bucket_size, norm, seed, offset, norms)
+    norms, symbols = quantize_symbols(x, levels, bucket_size, norm, seed, offset, norms, stream_index)
     width = max(1, (levels.numel() - 1).bit_length()) + 1
     return norms, pack(symbols, width)
 

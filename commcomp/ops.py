@@ -108,6 +108,7 @@ def quantize(
     offset: int = 0,
     norms: torch.Tensor | None = None,
     allow_nonfinite: bool = False,
+    stream_index: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stochastically round flat ``x`` onto ``levels`` per bucket; return ``(norms, symbols)``.
 
@@ -120,8 +121,12 @@ def quantize(
     norms propagate NaN. By default that raises ``ValueError``; with ``allow_nonfinite=True`` the
     bucket's symbols are all zero and its norm is returned as is, so a caller detects it from the
     norms without a second pass over ``x`` (what the DDP hooks do, to send it uncompressed).
+
+    ``stream_index`` (a multiple of 8) is the Philox element index of ``x[0]``: quantizing
+    ``x[s:]`` with ``stream_index=s`` (``s`` also a multiple of ``bucket_size``) gives exactly the
+    bits the whole of ``x`` gives for those elements, so a tensor can be quantized in pieces.
     """
-    return torch.ops.commcomp.quantize(x, levels, bucket_size, norm, seed, offset, norms, allow_nonfinite)
+    return torch.ops.commcomp.quantize(x, levels, bucket_size, norm, seed, offset, norms, allow_nonfinite, stream_index)
 
 
 def dequantize(
@@ -279,13 +284,17 @@ def _bucket_norms_fake(x, bucket_size, norm):
 
 
 @torch.library.register_fake("commcomp::quantize")
-def _quantize_fake(x, levels, bucket_size, norm, seed, offset, norms=None, allow_nonfinite=False):
+def _quantize_fake(x, levels, bucket_size, norm, seed, offset, norms=None, allow_nonfinite=False, stream_index=0):
     _check_gradient(x)
     _check_levels(levels)
     _check_bucket_size(bucket_size)
     _check_norm(norm)
     torch._check_value(seed >= 0, lambda: f"seed must be non-negative, got {seed}")
     torch._check_value(offset >= 0, lambda: f"offset must be non-negative, got {offset}")
+    torch._check_value(
+        stream_index >= 0 and stream_index % 8 == 0,
+        lambda: f"stream_index must be a non-negative multiple of 8, got {stream_index}",
+    )
     buckets = num_buckets(x.numel(), bucket_size)
     if norms is not None:
         torch._check_value(norms.dim() == 1 and norms.dtype == torch.float32, lambda: "norms must be a 1-D float32 tensor")

@@ -149,17 +149,20 @@ class Quantizer:
     def bits(self) -> int:
         return self.levels.bits
 
-    def quantize(self, x: torch.Tensor, seed: int = 0, offset: int = 0, allow_nonfinite: bool = False) -> QuantizedTensor:
+    def quantize(
+        self, x: torch.Tensor, seed: int = 0, offset: int = 0, allow_nonfinite: bool = False, stream_index: int = 0
+    ) -> QuantizedTensor:
         """Quantize ``x`` (any shape; flattened) with Philox stream ``(seed, offset)``.
 
         A bucket holding inf/NaN raises ``ValueError``, or with ``allow_nonfinite=True`` is
-        returned with its non-finite norm and zero symbols (see :func:`commcomp.ops.quantize`).
+        returned with its non-finite norm and zero symbols; ``stream_index`` quantizes a piece of
+        a larger tensor as the whole would be (see :func:`commcomp.ops.quantize`).
         """
         flat = x.reshape(-1)
         if not flat.is_contiguous():
             flat = flat.contiguous()
         norms, symbols = ops.quantize(
-            flat, self.levels.tensor(), self.bucket_size, self.norm, seed, offset, None, allow_nonfinite
+            flat, self.levels.tensor(), self.bucket_size, self.norm, seed, offset, None, allow_nonfinite, stream_index
         )
         return QuantizedTensor(norms, symbols, flat.numel(), self.bucket_size, self.levels, x.dtype)
 

@@ -17,7 +17,7 @@ TORCH_LIBRARY(commcomp, m) {
   m.def("bucket_norms(Tensor x, int bucket_size, str norm) -> Tensor");
   m.def(
       "quantize(Tensor x, Tensor levels, int bucket_size, str norm, int seed, int offset,"
-      " Tensor? norms=None, bool allow_nonfinite=False) -> (Tensor, Tensor)");
+      " Tensor? norms=None, bool allow_nonfinite=False, int stream_index=0) -> (Tensor, Tensor)");
   m.def(
       "dequantize(Tensor norms, Tensor symbols, Tensor levels, int bucket_size, int numel)"
       " -> Tensor");

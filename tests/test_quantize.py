@@ -176,6 +176,30 @@ def test_allow_nonfinite_zeroes_those_buckets_and_keeps_the_rest(scheme):
         ops.quantize(x, q.levels.tensor(), q.bucket_size, q.norm, 3, 0, out.norms.nan_to_num(posinf=1e30), True)
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pieces_with_stream_index_reproduce_the_whole(scheme, dtype):
+    q = SCHEMES[scheme]
+    x = torch.randn(5 * q.bucket_size + 37).to(dtype)
+    whole = q.quantize(x, seed=4, offset=9)
+    cuts = [0, q.bucket_size, 3 * q.bucket_size, x.numel()]
+    norms, symbols = [], []
+    for a, b in zip(cuts, cuts[1:]):
+        piece = q.quantize(x[a:b], seed=4, offset=9, stream_index=a)
+        norms.append(piece.norms)
+        symbols.append(ops.unpack_symbols(piece.symbols, q.bits, b - a))
+        _, expected = ref.quantize(x[a:b], q.levels.tensor(), q.bucket_size, q.norm, 4, 9, stream_index=a)
+        assert torch.equal(piece.symbols, expected)
+    assert torch.equal(torch.cat(norms), whole.norms)
+    assert torch.equal(torch.cat(symbols), ops.unpack_symbols(whole.symbols, q.bits, x.numel()))
+
+
+@pytest.mark.parametrize("bad", [-8, 3, 12])
+def test_stream_index_must_be_a_nonnegative_multiple_of_8(bad):
+    with pytest.raises(ValueError, match="stream_index must be a non-negative multiple of 8"):
+        ops.quantize(torch.randn(64), torch.tensor([0.0, 1.0]), 16, "l2", 0, 0, None, False, bad)
+
+
 def test_empty_input():
     q = QSGD(4, 512)
     p = q.quantize(torch.empty(0))
@@ -277,6 +301,7 @@ def _opcheck_samples():
         (torch.ops.commcomp.quantize.default, (x, lv, 64, "l2", 1, 2)),
         (torch.ops.commcomp.quantize.default, (x.half(), lv, 100, "linf", 1, 2)),
         (torch.ops.commcomp.quantize.default, (torch.where(x > 2, float("inf"), x), lv, 64, "linf", 1, 2, None, True)),
+        (torch.ops.commcomp.quantize.default, (x, lv, 64, "l2", 1, 2, None, False, 640)),
         (torch.ops.commcomp.dequantize.default, (norms, symbols, lv, 64, 300)),
         (torch.ops.commcomp.dequantize_accumulate.default, (torch.zeros(300), [norms, norms], [symbols, symbols], lv, 64, 0.5)),
         (torch.ops.commcomp.pack_symbols.default, (torch.randint(0, 8, (50,), dtype=torch.uint8), 3)),
@@ -284,7 +309,7 @@ def _opcheck_samples():
     ]
 
 
-@pytest.mark.parametrize("sample", range(8))
+@pytest.mark.parametrize("sample", range(9))
 def test_opcheck(sample):
     op, args = _opcheck_samples()[sample]
     torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
@@ -334,8 +359,8 @@ def test_cuda_nonfinite_norms_and_zeroed_buckets_match_cpu(norm):
     lv = NUQSGD(4).levels.tensor()
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         xd = x.to(dtype)
-        cpu = ops.quantize(xd, lv, 256, norm, 9, 4, None, True)
-        gpu = ops.quantize(xd.cuda(), lv.cuda(), 256, norm, 9, 4, None, True)
+        cpu = ops.quantize(xd, lv, 256, norm, 9, 4, None, True, 256)
+        gpu = ops.quantize(xd.cuda(), lv.cuda(), 256, norm, 9, 4, None, True, 256)
         assert torch.equal(cpu[0].nan_to_num(), gpu[0].cpu().nan_to_num())
         assert torch.equal(torch.isnan(cpu[0]), torch.isnan(gpu[0].cpu()))
         assert torch.equal(cpu[1], gpu[1].cpu())

@@ -79,45 +79,47 @@ def resolve_group(process_group: dist.ProcessGroup | None) -> GroupInfo:
 class Lanes:
     """Process groups for collectives launched from callbacks, each launching in body order.
 
-    Lane ``k`` is created on first use, from a hook body (every rank reaches it at the same
-    bucket, so the group creation — a one-off store barrier — is matched). Tickets are reserved in
-    hook bodies, hence in the same order on every rank; a lane launches ticket ``t`` only after
-    every earlier ticket was launched or skipped.
+    Lane ``k`` of a group is a copy of that group, created on first use from a hook body (every
+    rank reaches it at the same bucket, so the group creation — a one-off store barrier among the
+    group's ranks — is matched). Tickets are reserved in hook bodies, hence in the same order on
+    every rank; a lane launches ticket ``t`` only after every earlier ticket was launched or skipped.
     """
 
-    def __init__(self, base: dist.ProcessGroup) -> None:
-        self._base = base
-        self._groups: list[dist.ProcessGroup] = []
-        self._reserved: list[int] = []
-        self._next: list[int] = []
-        self._waiting: list[dict[int, Callable[[dist.ProcessGroup], None] | None]] = []
+    def __init__(self) -> None:
+        self._lanes: dict[tuple[int, int], _Lane] = {}
         self._lock = threading.RLock()
 
-    def reserve(self, lane: int) -> int:
-        """A ticket on ``lane`` (>= 1); call from a hook body only."""
-        while len(self._groups) < lane:
-            ranks = dist.get_process_group_ranks(self._base)
-            self._groups.append(
-                dist.new_group(ranks=ranks, backend=dist.get_backend(self._base), use_local_synchronization=True)
-            )
-            self._reserved.append(0)
-            self._next.append(0)
-            self._waiting.append({})
+    def reserve(self, base: dist.ProcessGroup, lane: int) -> tuple[_Lane, int]:
+        """A ticket on lane ``lane`` (>= 1) of ``base``; call from a hook body only."""
+        key = (id(base), lane)
+        if key not in self._lanes:
+            ranks = dist.get_process_group_ranks(base)
+            group = dist.new_group(ranks=ranks, backend=dist.get_backend(base), use_local_synchronization=True)
+            self._lanes[key] = _Lane(group, base)
+        target = self._lanes[key]
         with self._lock:
-            ticket = self._reserved[lane - 1]
-            self._reserved[lane - 1] += 1
-        return ticket
+            ticket = target.reserved
+            target.reserved += 1
+        return target, ticket
 
-    def submit(self, lane: int, ticket: int, launch: Callable[[dist.ProcessGroup], None] | None) -> None:
+    def submit(self, target: _Lane, ticket: int, launch: Callable[[dist.ProcessGroup], None] | None) -> None:
         """Run ``launch(group)`` (or nothing, for ``None``: a skipped stage) in ticket order."""
         with self._lock:
-            waiting = self._waiting[lane - 1]
-            waiting[ticket] = launch
-            while self._next[lane - 1] in waiting:
-                start = waiting.pop(self._next[lane - 1])
-                self._next[lane - 1] += 1
+            target.waiting[ticket] = launch
+            while target.next in target.waiting:
+                start = target.waiting.pop(target.next)
+                target.next += 1
                 if start is not None:
-                    start(self._groups[lane - 1])  # launches without waiting (async_op=True)
+                    start(target.group)  # launches without waiting (async_op=True)
+
+
+class _Lane:
+    __slots__ = ("group", "base", "reserved", "next", "waiting")
+
+    def __init__(self, group: dist.ProcessGroup, base: dist.ProcessGroup) -> None:
+        self.group, self.base = group, base  # `base` kept alive: lanes are keyed by its id
+        self.reserved = self.next = 0
+        self.waiting: dict[int, Callable[[dist.ProcessGroup], None] | None] = {}
 
 
 class HookState:
@@ -134,9 +136,9 @@ class HookState:
         self.iteration = 0
         self._lanes: Lanes | None = None
 
-    def lanes(self, group: dist.ProcessGroup) -> Lanes:
+    def lanes(self) -> Lanes:
         if self._lanes is None:
-            self._lanes = Lanes(group)
+            self._lanes = Lanes()
         return self._lanes
 
     def _end_iteration(self) -> torch.futures.Future | None:
@@ -180,19 +182,24 @@ def chain(fut: torch.futures.Future, fn: Callable[[Any], Any], device: torch.dev
 
 
 class BucketWire:
-    """The collectives of one bucket: stage 0 on the hook's group from the body, stage ``k >= 1``
-    on lane ``k`` from callbacks.
+    """The collectives of one bucket: stage 0 from the body on its group, stage ``k >= 1`` on
+    lane ``k`` of its group, from callbacks.
 
     Construct it in the hook body with the most stages the bucket can use (a function of the
-    configuration only, so every rank reserves the same tickets); every reserved stage is then
-    either started or skipped exactly once — :meth:`chain` skips what an error left unstarted.
+    configuration only, so every rank reserves the same tickets) and each stage's group (``groups``
+    is one group for every stage, or one per stage: a hierarchical hook mixes node-local and
+    cross-node stages); every reserved stage is then either started or skipped exactly once —
+    :meth:`chain` skips what an error left unstarted.
     """
 
-    def __init__(self, state: HookState, group: GroupInfo, stages: int, device: torch.device) -> None:
-        self.group = group
+    def __init__(self, state: HookState, groups: GroupInfo | Sequence[GroupInfo], stages: int, device: torch.device) -> None:
+        self.groups = [groups] * stages if isinstance(groups, GroupInfo) else list(groups)
+        if len(self.groups) != stages:
+            raise ValueError(f"{stages} stages need {stages} groups, got {len(self.groups)}")
+        self.group = self.groups[0]
         self.device = device
-        self._lanes = state.lanes(group.group) if stages > 1 else None
-        self._tickets = {k: self._lanes.reserve(k) for k in range(1, stages)} if self._lanes else {}
+        self._lanes = state.lanes() if stages > 1 else None
+        self._tickets = {k: self._lanes.reserve(self.groups[k].group, k) for k in range(1, stages)} if self._lanes else {}
         self._open = set(self._tickets)
 
     def start(self, stage: int, launch: Callable[[dist.ProcessGroup], torch.futures.Future]) -> torch.futures.Future:
@@ -210,13 +217,15 @@ class BucketWire:
                 return
             inner.add_done_callback(lambda f: _settle(out, f.value))
 
-        self._lanes.submit(stage, self._tickets[stage], start_on)
+        target, ticket = self._tickets[stage]
+        self._lanes.submit(target, ticket, start_on)
         return out
 
     def skip(self, stage: int) -> None:
         if stage in self._open:
             self._open.remove(stage)
-            self._lanes.submit(stage, self._tickets[stage], None)
+            target, ticket = self._tickets[stage]
+            self._lanes.submit(target, ticket, None)
 
     def skip_rest(self) -> None:
         for stage in sorted(self._open):
@@ -249,7 +258,7 @@ class BucketWire:
     # -- collectives -------------------------------------------------------------------------
     def gather_fixed(self, stage: int, frame: torch.Tensor) -> torch.futures.Future:
         """All-gather equal-size frames; the future's value is the list of every rank's frame."""
-        world = self.group.world
+        world = self.groups[stage].world
         out = torch.empty(world * frame.numel(), dtype=frame.dtype, device=frame.device)
 
         def launch(group: dist.ProcessGroup) -> torch.futures.Future:
@@ -264,7 +273,7 @@ class BucketWire:
         raises :class:`PeerPayloadError` naming the sender, with ``"mark"`` that rank's frame is
         ``None``. Every rank sees the same sizes, so every rank takes the same branch.
         """
-        world = self.group.world
+        world = self.groups[stage].world
         size = torch.tensor([_announced_size(frame)], dtype=torch.int64, device=frame.device)
         sizes = torch.empty(world, dtype=torch.int64, device=frame.device)
 
@@ -299,7 +308,7 @@ class BucketWire:
     def fp32_average(self, stage: int, buffer: torch.Tensor) -> torch.futures.Future:
         """``buffer`` reduced as PyTorch's default hook does it (in place: fp32 sum / world), on
         ``stage``; the future's value is ``buffer``."""
-        buffer.div_(self.group.world)
+        buffer.div_(self.groups[stage].world)
 
         def launch(group: dist.ProcessGroup) -> torch.futures.Future:
             return dist.all_reduce(buffer, group=group, async_op=True).get_future()

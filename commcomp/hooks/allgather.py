@@ -38,6 +38,7 @@ def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     """
     buffer = bucket.buffer()
     numel = buffer.numel()
+    slices = state.parameter_slices(bucket)
     if not state.compressing(numel):
         return fp32_allreduce(state, bucket, state.record)
     group = resolve_group(state.process_group)
@@ -47,7 +48,7 @@ def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     # stages: [sizes,] frames, fp32 fallback for a non-finite bucket
     wire = BucketWire(state, group, 2 if fixed else 3, buffer.device)
     fallback_stage = 1 if fixed else 2
-    x = state.with_residual(bucket)
+    x = state.with_residual(bucket, slices)
     # Non-finite buckets come back with their inf/NaN norm (the kernel reads every element anyway):
     # the frame's kind byte says so, computed on the device, with no second pass over x.
     q = quantizer.quantize(x, seed=state.rank_seed(group.rank), offset=state.next_offset(), allow_nonfinite=True)
@@ -68,7 +69,7 @@ def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
             return wire.fp32_average(fallback_stage, buffer)
         wire.skip(fallback_stage)
         if state.wants_decoded_own():
-            state.after_compression(bucket, x, quantizer.dequantize(q, torch.float32))
+            state.after_compression(slices, x, quantizer.dequantize(q, torch.float32))
         return buffer.copy_(total)
 
     return finish(state, bucket, wire.chain(gathered, average))

@@ -69,6 +69,7 @@ def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     """
     buffer = bucket.buffer()
     numel = buffer.numel()
+    slices = state.parameter_slices(bucket)
     if not state.compressing(numel):
         return fp32_allreduce(state, bucket, state.record)
     group = resolve_group(state.process_group)
@@ -84,7 +85,7 @@ def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
             stacklevel=2,
         )
     wire = BucketWire(state, group, 2, buffer.device)  # stages: norms, integers (or fp32)
-    x = state.with_residual(bucket).contiguous()
+    x = state.with_residual(bucket, slices).contiguous()
     norms = ops.bucket_norms(x, quantizer.bucket_size, quantizer.norm)
     finite = torch.isfinite(norms)
     # Norms and a "some rank is non-finite" flag travel in one MAX-allreduce.
@@ -107,7 +108,7 @@ def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
         summed = signed.to(dtype)
         scale = torch.repeat_interleave(shared, quantizer.bucket_size)[:numel] * unit
         if state.wants_decoded_own():
-            state.after_compression(bucket, x, signed.float() * scale)
+            state.after_compression(slices, x, signed.float() * scale)
         reduced = wire.start(1, lambda g: dist.all_reduce(summed, group=g, async_op=True).get_future())
         return wire.chain(reduced, lambda _: buffer.copy_(summed.float() * scale / group.world))
 

@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from ..codecs import CODINGS, canonical_coding
 from ..quantizers import Quantizer
+from ._residuals import ParameterResiduals, ParamSlice
 from ._wire import HookState
 
 __all__ = ["CompressionState", "CODINGS"]
@@ -35,8 +36,11 @@ class CompressionState(HookState):
             as ``PowerSGDState.start_powerSGD_iter``).
         min_compression_numel: buckets with fewer elements go uncompressed (headers and norms
             would outweigh the savings).
-        error_feedback: keep the local quantization error and add it to the next gradient of the
-            same bucket (biased but lower-variance; the residuals are checkpointed).
+        error_feedback: keep the quantization error and add it to the next gradient of the same
+            parameters (biased but lower-variance). Residuals are kept per parameter, so DDP's
+            bucket layout may change (it does after the first iteration, and on resume); they
+            are checkpointed. :func:`reduce_scatter_hook` keeps a second residual for the chunk
+            each rank re-quantizes (see its docstring).
         log_every: log wire statistics (and measure the quantization variance) every this many
             iterations; 0 disables.
         max_payload_bytes: largest payload a peer may announce for one bucket (variable-size
@@ -46,7 +50,9 @@ class CompressionState(HookState):
 
     Attributes:
         iteration: training iterations completed (advanced when the last bucket is reduced).
-        offset: Philox stream position; advanced once per compressed bucket.
+        offset: Philox stream position; advanced once per quantization (per compressed bucket,
+            or per chunk and phase in :func:`reduce_scatter_hook`).
+        residuals: the error-feedback residuals (:class:`ParameterResiduals`).
         bytes_sent: bytes this rank put on the wire in the last completed iteration.
         bytes_uncompressed: what fp32 allreduce would have sent for the same buckets.
         compression_ratio: ``bytes_uncompressed / bytes_sent`` of the last iteration.
@@ -61,6 +67,7 @@ class CompressionState(HookState):
         >>> state.state_dict()["iteration"]
         0
         >>> # ddp_model.register_comm_hook(state, allgather_hook)
+        >>> # state.bind(ddp_model.module)   # optional: residuals keyed by parameter name
     """
 
     __slots__ = (
@@ -114,7 +121,7 @@ class CompressionState(HookState):
         self.log_every = log_every
         self.max_payload_bytes = max_payload_bytes
         self.offset = 0
-        self.residuals: dict[int, torch.Tensor] = {}
+        self.residuals = ParameterResiduals()
         self.bytes_sent = 0
         self.bytes_uncompressed = 0
         self.compression_ratio = 1.0
@@ -132,10 +139,20 @@ class CompressionState(HookState):
     def compressing(self, numel: int) -> bool:
         return self.iteration >= self.start_iter and numel >= self.min_compression_numel
 
-    def next_offset(self) -> int:
+    def next_offset(self, count: int = 1) -> int:
+        """The first of ``count`` fresh Philox stream positions (same on every rank: hook bodies
+        run in the same order everywhere)."""
         offset = self.offset
-        self.offset += 1
+        self.offset += count
         return offset
+
+    def bind(self, module: torch.nn.Module) -> None:
+        """Key error-feedback residuals by ``module``'s parameter names (``ddp_model.module``).
+
+        Optional: without it, residuals are keyed by the order in which the hook first sees the
+        parameters, which a resumed run reproduces as long as it builds DDP the same way.
+        """
+        self.residuals.bind(module.named_parameters())
 
     def record(self, sent: int, uncompressed: int) -> None:
         self._bytes_sent_running += sent
@@ -144,20 +161,24 @@ class CompressionState(HookState):
     def measuring_variance(self) -> bool:
         return self.log_every > 0 and self.iteration % self.log_every == 0
 
-    def with_residual(self, bucket: dist.GradBucket) -> torch.Tensor:
-        """The bucket's flat gradient plus its error-feedback residual (if any)."""
+    def parameter_slices(self, bucket: dist.GradBucket) -> list[ParamSlice]:
+        """Where the bucket's parameters lie in its buffer; every hook body calls it (also in
+        warm-up), so residual keys are assigned in the order of DDP's first iteration."""
+        return self.residuals.slices(bucket)
+
+    def with_residual(self, bucket: dist.GradBucket, slices: list[ParamSlice]) -> torch.Tensor:
+        """The bucket's flat gradient plus its parameters' error-feedback residuals (if any)."""
         x = bucket.buffer()
         if not self.error_feedback:
             return x
-        residual = self.residuals.get(bucket.index())
-        if residual is None or residual.numel() != x.numel():
-            return x
-        return x.float() + residual.to(x.device)
+        x = x.to(torch.float32, copy=True)
+        self.residuals.add_to(x, slices, "local")
+        return x
 
-    def after_compression(self, bucket: dist.GradBucket, sent: torch.Tensor, decoded: torch.Tensor) -> None:
+    def after_compression(self, slices: list[ParamSlice], sent: torch.Tensor, decoded: torch.Tensor) -> None:
         """Keep the residual of what this rank sent and measure the quantization variance."""
         if self.error_feedback:
-            self.residuals[bucket.index()] = (sent.float() - decoded).detach()
+            self.residuals.store(sent.float() - decoded, slices, "local")
         if self.measuring_variance():
             xf = sent.float()
             denom = float(xf.pow(2).sum())
@@ -209,7 +230,7 @@ class CompressionState(HookState):
             "error_feedback": self.error_feedback,
             "iteration": self.iteration,
             "offset": self.offset,
-            "residuals": {k: v.detach().cpu().clone() for k, v in self.residuals.items()},
+            "residuals": self.residuals.state_dict(),
             "quantizer": quantizer_state() if quantizer_state is not None else None,
             "quantizer_repr": repr(self.quantizer),
         }
@@ -229,6 +250,6 @@ class CompressionState(HookState):
         self.error_feedback = bool(state.get("error_feedback", self.error_feedback))
         self.iteration = int(state["iteration"])
         self.offset = int(state["offset"])
-        self.residuals = {int(k): v.clone() for k, v in state["residuals"].items()}
+        self.residuals.load_state_dict(state["residuals"])
         if state.get("quantizer") is not None:
             self.quantizer.load_state_dict(state["quantizer"])

@@ -54,6 +54,14 @@ inline void check_seed(int64_t seed, int64_t offset) {
   TORCH_CHECK_VALUE(offset >= 0, "offset must be non-negative, got ", offset);
 }
 
+// Philox element index of x[0]: whole packing groups, so a slice quantized on its own draws what
+// the whole tensor draws for the same elements.
+inline int64_t first_group_of(int64_t stream_index) {
+  TORCH_CHECK_VALUE(stream_index >= 0 && stream_index % 8 == 0,
+                    "stream_index must be a non-negative multiple of 8, got ", stream_index);
+  return stream_index / 8;
+}
+
 inline void check_width(int64_t width) {
   TORCH_CHECK_VALUE(width >= 1 && width <= 8, "width must be in [1, 8] bits, got ", width);
 }

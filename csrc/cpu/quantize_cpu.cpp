@@ -55,8 +55,9 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
                                                 int64_t bucket_size, const std::string& norm,
                                                 int64_t seed, int64_t offset,
                                                 const std::optional<at::Tensor>& given,
-                                                bool allow_nonfinite) {
+                                                bool allow_nonfinite, int64_t stream_index) {
   check_seed(seed, offset);
+  const int64_t first_group = first_group_of(stream_index);
   const LevelTable table = level_table_from(levels);
   at::Tensor norms = bucket_norms_cpu(x, bucket_size, norm);
   // Shared scales must cover finite buckets; otherwise a non-finite bucket is an error unless the
@@ -78,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
       for (int64_t block = begin; block < end; block += kUniformBlockGroups) {
         const int64_t stop = std::min(end, block + kUniformBlockGroups);
         for (int64_t g = block; g < stop; ++g) {
-          group_uniforms(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), g,
+          group_uniforms(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), first_group + g,
                          u + (g - block) * kPackGroup);
         }
         for (int64_t g = block; g < stop; ++g) {

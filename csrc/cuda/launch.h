@@ -48,7 +48,8 @@ cudaError_t launch_bucket_norms(const void* x, DType dtype, int64_t n, int64_t b
 
 cudaError_t launch_quantize(const void* x, DType dtype, int64_t n, int64_t bucket_size,
                             const float* norms, const LevelTable& table, uint64_t seed,
-                            uint64_t offset, uint8_t* symbols, cudaStream_t stream);
+                            uint64_t offset, int64_t first_group, uint8_t* symbols,
+                            cudaStream_t stream);
 
 // out[i] = (assign_first ? 0 : out[i]) + sum_k scale * decode_k(i), payloads in order. Sets
 // *invalid to 1 if any symbol names a level the table lacks.

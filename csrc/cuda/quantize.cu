@@ -53,7 +53,8 @@ __device__ void stage_levels(const LevelTable& table, float* shared, float* shar
 template <typename T>
 __global__ void quantize_kernel(const T* __restrict__ x, int64_t n, int64_t bucket_size,
                                 const float* __restrict__ norms, LevelTable table, uint64_t seed,
-                                uint64_t offset, uint8_t* __restrict__ symbols) {
+                                uint64_t offset, int64_t first_group,
+                                uint8_t* __restrict__ symbols) {
   __shared__ float levels[kMaxLevels];
   __shared__ float inv_width[kMaxLevels];
   stage_levels(table, levels, inv_width);
@@ -64,7 +65,7 @@ __global__ void quantize_kernel(const T* __restrict__ x, int64_t n, int64_t buck
        g += (int64_t)gridDim.x * blockDim.x) {
     const int size = group_size(g, n);
     float u[kPackGroup];
-    group_uniforms(seed, offset, g, u);
+    group_uniforms(seed, offset, first_group + g, u);
     const uint64_t bits = quantize_group_with(load, g, size, norms, bucket_size, levels, inv_width,
                                               table.count, width, u);
     store_group(symbols, g, bits, size, width);
@@ -129,10 +130,10 @@ cudaError_t norms_typed(const void* x, int64_t n, int64_t bucket_size, NormKind 
 template <typename T>
 cudaError_t quantize_typed(const void* x, int64_t n, int64_t bucket_size, const float* norms,
                            const LevelTable& table, uint64_t seed, uint64_t offset,
-                           uint8_t* symbols, cudaStream_t stream) {
+                           int64_t first_group, uint8_t* symbols, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   quantize_kernel<T><<<blocks_for(group_count(n), kThreads), kThreads, 0, stream>>>(
-      static_cast<const T*>(x), n, bucket_size, norms, table, seed, offset, symbols);
+      static_cast<const T*>(x), n, bucket_size, norms, table, seed, offset, first_group, symbols);
   return cudaGetLastError();
 }
 
@@ -151,15 +152,18 @@ cudaError_t launch_bucket_norms(const void* x, DType dtype, int64_t n, int64_t b
 
 cudaError_t launch_quantize(const void* x, DType dtype, int64_t n, int64_t bucket_size,
                             const float* norms, const LevelTable& table, uint64_t seed,
-                            uint64_t offset, uint8_t* symbols, cudaStream_t stream) {
+                            uint64_t offset, int64_t first_group, uint8_t* symbols,
+                            cudaStream_t stream) {
   switch (dtype) {
     case DType::Float32:
-      return quantize_typed<float>(x, n, bucket_size, norms, table, seed, offset, symbols, stream);
+      return quantize_typed<float>(x, n, bucket_size, norms, table, seed, offset, first_group,
+                                   symbols, stream);
     case DType::Float16:
-      return quantize_typed<__half>(x, n, bucket_size, norms, table, seed, offset, symbols, stream);
+      return quantize_typed<__half>(x, n, bucket_size, norms, table, seed, offset, first_group,
+                                    symbols, stream);
     case DType::BFloat16:
-      return quantize_typed<__nv_bfloat16>(x, n, bucket_size, norms, table, seed, offset, symbols,
-                                           stream);
+      return quantize_typed<__nv_bfloat16>(x, n, bucket_size, norms, table, seed, offset,
+                                           first_group, symbols, stream);
   }
   return cudaErrorInvalidValue;
 }

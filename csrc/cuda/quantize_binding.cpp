@@ -35,8 +35,9 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, const at::
                                                  int64_t bucket_size, const std::string& norm,
                                                  int64_t seed, int64_t offset,
                                                  const std::optional<at::Tensor>& given,
-                                                 bool allow_nonfinite) {
+                                                 bool allow_nonfinite, int64_t stream_index) {
   check_seed(seed, offset);
+  const int64_t first_group = first_group_of(stream_index);
   const LevelTable table = level_table_from(levels);
   at::Tensor norms = bucket_norms_cuda(x, bucket_size, norm);
   // Synchronizes, unless the caller detects non-finite buckets from the returned norms itself.
@@ -47,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, const at::
   cuda::check_launch(cuda::launch_quantize(x.data_ptr(), cuda::launch_dtype(x.scalar_type()),
                                            x.numel(), bucket_size, norms.data_ptr<float>(), table,
                                            static_cast<uint64_t>(seed),
-                                           static_cast<uint64_t>(offset),
+                                           static_cast<uint64_t>(offset), first_group,
                                            symbols.data_ptr<uint8_t>(),
                                            c10::cuda::getCurrentCUDAStream()),
                      "quantize");
