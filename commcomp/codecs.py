@@ -60,6 +60,7 @@ __all__ = [
     "read_header",
     "fixed_payload_bytes",
     "encode",
+    "encode_into",
     "decode",
     "encode_tensor",
     "decode_tensor",
@@ -192,26 +193,24 @@ def _from_le_bytes(raw: torch.Tensor, nbytes: int) -> torch.Tensor:
     return out
 
 
-def encode(q: QuantizedTensor, coding: Coding = "fixed") -> torch.Tensor:
-    """Serialize ``q`` into one uint8 tensor on ``q``'s device (see the module docstring).
-
-    Raises ``ValueError`` for an unknown ``coding`` or an inconsistent ``q``.
-    """
+def _encoded_parts(q: QuantizedTensor, coding: Coding, fallback_to_fixed: bool) -> list[torch.Tensor]:
     coding = canonical_coding(coding)
     width = _check_quantized(q)
     device = q.symbols.device
     kind = _levels_kind(q.levels)
     table = _levels_bytes(q.levels)
     symbols = q.symbols.contiguous()
-    if coding == "fixed":
-        length_bytes, lengths, stream = 0, None, symbols
-    else:
-        counts, stream = ops.elias_encode(
+    length_bytes, lengths, stream = 0, None, symbols
+    if coding != "fixed":
+        counts, coded = ops.elias_encode(
             symbols, len(q.levels), q.bucket_size, q.numel, coding.removeprefix("elias-")  # type: ignore[arg-type]
         )
         # A bucket's code is at most ~2 bytes per element; 16-bit lengths cover typical buckets.
-        length_bytes = 2 if counts.numel() == 0 or int(counts.max()) < 2**16 else 4
-        lengths = _le_bytes(counts, length_bytes)
+        nbytes = 2 if counts.numel() == 0 or int(counts.max()) < 2**16 else 4
+        if fallback_to_fixed and coded.numel() + nbytes * counts.numel() >= symbols.numel():
+            coding = "fixed"  # the Elias code would not be smaller: the header says fixed
+        else:
+            length_bytes, lengths, stream = nbytes, _le_bytes(counts, nbytes), coded
     header = _HEADER.pack(
         MAGIC, VERSION, CODINGS[coding], kind, len(q.levels), width, _DTYPES[q.dtype], length_bytes, 0,
         q.bucket_size, q.numel, stream.numel(), zlib.crc32(table),
@@ -223,7 +222,33 @@ def encode(q: QuantizedTensor, coding: Coding = "fixed") -> torch.Tensor:
     if lengths is not None:
         parts.append(lengths)
     parts.append(stream)
-    return torch.cat(parts)
+    return parts
+
+
+def encode(q: QuantizedTensor, coding: Coding = "fixed", *, fallback_to_fixed: bool = False) -> torch.Tensor:
+    """Serialize ``q`` into one uint8 tensor on ``q``'s device (see the module docstring).
+
+    With ``fallback_to_fixed``, an Elias coding that would not be smaller than the fixed-width
+    stream is replaced by fixed width (the header records which coding a payload uses, so
+    decoding needs nothing else): the payload never costs more than ``"fixed"``.
+
+    Raises ``ValueError`` for an unknown ``coding`` or an inconsistent ``q``.
+    """
+    return torch.cat(_encoded_parts(q, coding, fallback_to_fixed))
+
+
+def encode_into(q: QuantizedTensor, out: torch.Tensor, coding: Coding = "fixed", *, fallback_to_fixed: bool = False) -> int:
+    """:func:`encode` written straight into ``out`` (a 1-D uint8 tensor, e.g. a slice of a send
+    buffer); returns the bytes written. Raises ``ValueError`` if ``out`` is too small."""
+    parts = _encoded_parts(q, coding, fallback_to_fixed)
+    total = sum(part.numel() for part in parts)
+    if out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < total:
+        raise ValueError(f"out must be a 1-D uint8 tensor of at least {total} bytes, got {out.dtype} {tuple(out.shape)}")
+    at = 0
+    for part in parts:
+        out[at : at + part.numel()] = part
+        at += part.numel()
+    return total
 
 
 def _fail(msg: str) -> None:

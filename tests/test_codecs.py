@@ -284,3 +284,25 @@ def test_tensor_codec_round_trip_and_rejects_garbage():
         codec.decode(first, 999)
     with pytest.raises(ValueError, match="coding must be one of"):
         TensorCodec(q, coding="zip")
+
+
+@pytest.mark.parametrize("coding", ELIAS)
+def test_fallback_to_fixed_never_costs_more_than_fixed_width(coding):
+    q = NUQSGD(4, 256)
+    dense = q.quantize(torch.randn(4096) * torch.rand(4096), seed=1)  # many distinct levels: Elias loses
+    sparse_x = torch.randn(4096)
+    sparse_x[torch.rand(4096) < 0.9] = 0
+    sparse = q.quantize(sparse_x, seed=1)  # long zero runs: Elias wins
+    for qt in (dense, sparse):
+        fixed = codecs.encode(qt, "fixed")
+        chosen = codecs.encode(qt, coding, fallback_to_fixed=True)
+        assert chosen.numel() <= fixed.numel()
+        assert codecs.read_header(chosen).coding == ("fixed" if codecs.encode(qt, coding).numel() >= fixed.numel() else coding)
+        decoded = codecs.decode(chosen, numel=4096)
+        assert torch.equal(decoded.symbols, qt.symbols) and torch.equal(decoded.norms, qt.norms)
+    assert codecs.read_header(codecs.encode(sparse, coding, fallback_to_fixed=True)).coding == coding
+    fixed = codecs.encode(dense, "fixed")
+    out = torch.zeros(fixed.numel() + 10, dtype=torch.uint8)
+    assert codecs.encode_into(dense, out, "fixed") == fixed.numel() and torch.equal(out[: fixed.numel()], fixed)
+    with pytest.raises(ValueError, match="at least"):
+        codecs.encode_into(dense, out[:10], "fixed")

@@ -78,6 +78,8 @@ def test_decode_frames_policy_raise_names_the_rank_and_mark_keeps_going():
 NONFINITE_SPECS = [f"{s}:4:{c}" for s in ("qsgd", "qsgdinf", "nuqsgd", "alq", "amq")
                    for c in ("fixed", "elias-gamma", "elias-delta", "elias-omega")]
 NONFINITE_SPECS += [f"allreduce-{s}:4" for s in ("qsgd", "qsgdinf", "nuqsgd", "alq", "amq")]
+NONFINITE_SPECS += [f"rs-{s}:4:{c}" for s in ("qsgd", "qsgdinf", "nuqsgd", "alq", "amq") for c in ("fixed", "elias-gamma")]
+NONFINITE_SPECS += ["rs-nuqsgd:4:elias-delta", "rs-qsgd:3:elias-omega"]
 
 
 def _nonfinite_buckets(rank, world, specs):
@@ -132,7 +134,8 @@ def _late_peer(rank, world, which):
                                        codec=TensorCodec(NUQSGD(4, 128), coding="elias-gamma", seed=rank))
         hook = robust_aggregation_hook
     else:
-        spec = {"allgather": "qsgd:4", "allgather-elias": "nuqsgd:4:elias", "allreduce": "allreduce-qsgd:4"}[which]
+        spec = {"allgather": "qsgd:4", "allgather-elias": "nuqsgd:4:elias", "allreduce": "allreduce-qsgd:4",
+                "reduce-scatter": "rs-nuqsgd:4", "reduce-scatter-elias": "rs-qsgd:4:elias"}[which]
         state, hook = hook_from_spec(spec, bucket_size=128, min_compression_numel=0)
     timed = _TimedHook(hook)
     ddp = DDP(_model(), bucket_cap_mb_list=[0.004] * 4, find_unused_parameters=True)  # several buckets
@@ -151,10 +154,51 @@ def _late_peer(rank, world, which):
     return timed.seconds[first_step_calls:], grads
 
 
-@pytest.mark.parametrize("which", ["allgather", "allgather-elias", "allreduce", "robust"])
+@pytest.mark.parametrize("which", ["allgather", "allgather-elias", "allreduce", "reduce-scatter", "reduce-scatter-elias", "robust"])
 def test_hook_bodies_never_wait_for_a_late_peer(which):
     (seconds, grads0), (_, grads1) = run_ranks(_late_peer, 2, which, timeout=120)
     assert len(seconds) >= 4
     assert max(seconds) < 0.5, seconds  # rank 0's bodies return at once; rank 1 is 2 s late
     for a, b in zip(grads0, grads1):
         assert torch.equal(a, b)
+
+
+def test_elias_is_skipped_for_a_while_where_it_saves_little():
+    from commcomp.hooks._params import ParamSlice, Piece
+    from commcomp.hooks._payload import EliasChoice
+
+    q = NUQSGD(4, 256)
+    x = torch.randn(4096)
+    sparse = torch.where(torch.rand(4096) < 0.9, torch.zeros(4096), x)
+    dense, sparse = q.quantize(x, seed=1), q.quantize(sparse, seed=1)
+    pieces = [Piece(ParamSlice("a", 0, 0, 4096), 0, 4096), Piece(ParamSlice("b", 1, 4096, 4096), 4096, 4096)]
+    choice = EliasChoice(min_saving=0.05, retry_every=10)
+    body = choice.encode([dense, sparse], pieces, "elias-gamma", iteration=0)
+    assert choice._skip_until == {"a": 10}  # dense: no saving, retried at iteration 10
+    calls = []
+    import commcomp.codecs as codecs_module
+
+    honest = codecs_module.encode
+
+    def counting(qt, coding="fixed", **kw):
+        calls.append(coding)
+        return honest(qt, coding, **kw)
+
+    codecs_module.encode = counting
+    try:
+        choice.encode([dense, sparse], pieces, "elias-gamma", iteration=5)
+        assert calls == ["fixed", "elias-gamma"]  # "a" is not even tried
+        calls.clear()
+        choice.encode([dense, sparse], pieces, "elias-gamma", iteration=10)
+        assert calls == ["elias-gamma", "elias-gamma"]
+    finally:
+        codecs_module.encode = honest
+    assert body.numel() < 2 * commcomp_fixed_bytes(dense)
+    with pytest.raises(ValueError, match="elias_min_saving"):
+        CompressionState(QSGD(4), elias_min_saving=1.5)
+
+
+def commcomp_fixed_bytes(qt):
+    from commcomp import codecs
+
+    return codecs.fixed_payload_bytes(qt.numel, qt.bucket_size, qt.levels)

@@ -1,5 +1,8 @@
 """DDP communication hooks that put compressed gradients on the wire.
 
+* :func:`reduce_scatter_hook` — compressed reduce-scatter + all-gather: per-rank bytes
+  ``2(W-1)/W`` x the compressed size at any world size ``W`` (the one that scales); optional
+  hierarchy (fp32 inside a node, compressed across nodes).
 * :func:`allgather_hook` — quantize + encode, all-gather payloads, decode and average (unbiased).
 * :func:`allreduce_hook` — shared max-norm scale, integer symbols all-reduced (wire stays allreduce).
 * :class:`CompressionState` — configuration, counters, error feedback, ``state_dict`` for resume.
@@ -20,6 +23,7 @@ Example::
 from ._wire import PeerPayloadError
 from .allgather import allgather_hook
 from .allreduce import allreduce_hook, level_grid
+from .reduce_scatter import reduce_scatter_hook
 from .spec import SCHEMES, hook_from_spec, make_quantizer
 from .state import CODINGS, CompressionState
 
@@ -28,6 +32,7 @@ __all__ = [
     "PeerPayloadError",
     "allgather_hook",
     "allreduce_hook",
+    "reduce_scatter_hook",
     "hook_from_spec",
     "make_quantizer",
     "level_grid",

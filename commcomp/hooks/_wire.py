@@ -14,6 +14,9 @@ What it owns, so no hook writes it again:
   (``FRAME_NONFINITE``). A non-finite bucket anywhere sends that bucket again as a plain fp32
   average on the next lane (:meth:`BucketWire.fp32_average`), so AMP's GradScaler sees exactly
   what PyTorch's default hook would have given it.
+* **Errors seen by one rank.** In an all-to-all each rank receives other bytes: a rank that finds
+  a peer's payload invalid sends, in its next collective, a *blame* frame naming that peer
+  (``FRAME_BLAME``), so every rank raises the same error instead of waiting for it.
 * **Untrusted sizes.** :meth:`BucketWire.gather_variable` exchanges sizes first and refuses any
   announced size above a cap before it allocates anything.
 * **Undecodable peers.** :func:`decode_frames` applies one policy: ``"raise"`` a
@@ -33,6 +36,8 @@ import torch.distributed as dist
 __all__ = [
     "FRAME_PAYLOAD",
     "FRAME_NONFINITE",
+    "FRAME_BLAME",
+    "blame_frame",
     "OnInvalid",
     "PeerPayloadError",
     "GroupInfo",
@@ -41,6 +46,8 @@ __all__ = [
     "BucketWire",
     "resolve_group",
     "make_frame",
+    "new_frame",
+    "mark_kind",
     "frame_kind",
     "decode_frames",
     "fp32_allreduce",
@@ -49,7 +56,7 @@ __all__ = [
     "done_future",
 ]
 
-FRAME_PAYLOAD, FRAME_NONFINITE = 1, 2
+FRAME_PAYLOAD, FRAME_NONFINITE, FRAME_BLAME = 1, 2, 3
 OnInvalid = Literal["raise", "mark"]
 
 
@@ -305,6 +312,64 @@ class BucketWire:
 
         return self.chain(self.start(stage, launch_sizes), gather_frames)
 
+    def exchange_fixed(self, stage: int, send: torch.Tensor, send_sizes: list[int], recv_size: int) -> torch.futures.Future:
+        """All-to-all: ``send`` is this rank's frames for ranks 0..W-1 back to back (``send_sizes``);
+        every rank sends this rank ``recv_size`` bytes, a size each computes. The future's value
+        is the list of frames this rank received, in rank order."""
+        world = self.groups[stage].world
+        recv = torch.empty(world * recv_size, dtype=torch.uint8, device=send.device)
+
+        def launch(group: dist.ProcessGroup) -> torch.futures.Future:
+            return dist.all_to_all_single(
+                recv, send, output_split_sizes=[recv_size] * world, input_split_sizes=send_sizes, group=group, async_op=True
+            ).get_future()
+
+        return self.chain(self.start(stage, launch), lambda _: list(recv.view(world, recv_size)))
+
+    def exchange_variable(
+        self, stage: int, frames: list[torch.Tensor], cap: int, on_invalid: OnInvalid, hook: str
+    ) -> torch.futures.Future:
+        """All-to-all of frames of any size: every rank's sizes for every rank on ``stage`` (all
+        ranks see the whole size matrix, so they refuse the same entries), frames on ``stage + 1``.
+
+        A size above ``cap`` is never allocated: with ``"raise"`` every rank raises
+        :class:`PeerPayloadError` naming the sender; with ``"mark"`` the refused frame is ``None``
+        (its sender sends nothing for it).
+        """
+        info = self.groups[stage]
+        world, me = info.world, info.rank
+        device = frames[0].device
+        mine = torch.tensor([_announced_size(f) for f in frames], dtype=torch.int64, device=device)
+        matrix = torch.empty(world * world, dtype=torch.int64, device=device)
+
+        def launch_sizes(group: dist.ProcessGroup) -> torch.futures.Future:
+            return dist.all_gather_single(matrix, mine, group=group, async_op=True).get_future()
+
+        def exchange(_: Any) -> Any:
+            sizes = matrix.view(world, world).tolist()  # sizes[sender][receiver]
+            ok = [[0 < n <= cap for n in row] for row in sizes]
+            for sender, row in enumerate(ok):
+                if on_invalid == "raise" and not all(row):
+                    n = sizes[sender][row.index(False)]
+                    raise PeerPayloadError(hook, sender, f"announced {n} bytes, outside [1, {cap}]")
+            send_sizes = [sizes[me][r] if ok[me][r] else 0 for r in range(world)]
+            recv_sizes = [sizes[s][me] if ok[s][me] else 0 for s in range(world)]
+            send = torch.cat([f if ok[me][r] else f[:0] for r, f in enumerate(frames)])
+            recv = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=device)
+
+            def launch_frames(group: dist.ProcessGroup) -> torch.futures.Future:
+                return dist.all_to_all_single(
+                    recv, send, output_split_sizes=recv_sizes, input_split_sizes=send_sizes, group=group, async_op=True
+                ).get_future()
+
+            def split(_: Any) -> list[torch.Tensor | None]:
+                parts = list(torch.split(recv, recv_sizes))
+                return [parts[s] if ok[s][me] else None for s in range(world)]
+
+            return self.chain(self.start(stage + 1, launch_frames), split)
+
+        return self.chain(self.start(stage, launch_sizes), exchange)
+
     def fp32_average(self, stage: int, buffer: torch.Tensor) -> torch.futures.Future:
         """``buffer`` reduced as PyTorch's default hook does it (in place: fp32 sum / world), on
         ``stage``; the future's value is ``buffer``."""
@@ -321,38 +386,55 @@ def _announced_size(frame: torch.Tensor) -> int:
     return frame.numel()
 
 
-def make_frame(body: torch.Tensor | None, size: int | None = None, finite: torch.Tensor | bool = True) -> torch.Tensor:
-    """A kind byte followed by ``body`` (a uint8 payload), or the non-finite marker.
+def new_frame(size: int, device: torch.device | None) -> torch.Tensor:
+    """A zeroed frame of ``size`` bytes (kind byte first): fill ``frame[1:]``, then :func:`mark_kind`."""
+    return torch.zeros(size, dtype=torch.uint8, device=device)
 
-    The marker is sent for ``body=None`` or when ``finite`` is false; ``finite`` may be a 0-d bool
-    tensor (e.g. ``isfinite(norms).all()``), so deciding costs no host synchronization. ``size``
-    pads the frame to a length every rank computes the same (fixed-width payloads), so a marker
-    travels in the same collective as everyone else's payload.
-    """
-    length = size if size is not None else 1 + (body.numel() if body is not None else 0)
-    device = body.device if body is not None else None
-    frame = torch.zeros(length, dtype=torch.uint8, device=device)
-    if body is None:
-        frame[0] = FRAME_NONFINITE
-        return frame
-    if 1 + body.numel() > length:
-        raise ValueError(f"payload of {body.numel()} bytes does not fit a frame of {length} bytes")
-    frame[1 : 1 + body.numel()] = body
+
+def mark_kind(frame: torch.Tensor, finite: torch.Tensor | bool) -> torch.Tensor:
+    """Set the kind byte: payload, or the non-finite marker when ``finite`` is false. ``finite``
+    may be a 0-d bool tensor (e.g. ``isfinite(norms).all()``): no host synchronization."""
     if isinstance(finite, torch.Tensor):
-        kinds = torch.tensor([FRAME_NONFINITE, FRAME_PAYLOAD], dtype=torch.uint8, device=device)
+        kinds = torch.tensor([FRAME_NONFINITE, FRAME_PAYLOAD], dtype=torch.uint8, device=frame.device)
         frame[0] = kinds[finite.to(torch.long)]
     else:
         frame[0] = FRAME_PAYLOAD if finite else FRAME_NONFINITE
     return frame
 
 
+def make_frame(body: torch.Tensor | None, size: int | None = None, finite: torch.Tensor | bool = True) -> torch.Tensor:
+    """A kind byte followed by ``body`` (a uint8 payload), or the non-finite marker.
+
+    The marker is sent for ``body=None`` or when ``finite`` is false (see :func:`mark_kind`).
+    ``size`` pads the frame to a length every rank computes the same (fixed-width payloads), so
+    a marker travels in the same collective as everyone else's payload.
+    """
+    length = size if size is not None else 1 + (body.numel() if body is not None else 0)
+    frame = new_frame(length, body.device if body is not None else None)
+    if body is None:
+        return mark_kind(frame, False)
+    if 1 + body.numel() > length:
+        raise ValueError(f"payload of {body.numel()} bytes does not fit a frame of {length} bytes")
+    frame[1 : 1 + body.numel()] = body
+    return mark_kind(frame, finite)
+
+
 def frame_kind(frame: torch.Tensor) -> int:
     if frame.numel() < 1:
         raise ValueError("empty frame")
     kind = int(frame[0])
-    if kind not in (FRAME_PAYLOAD, FRAME_NONFINITE):
+    if kind not in (FRAME_PAYLOAD, FRAME_NONFINITE, FRAME_BLAME):
         raise ValueError(f"unknown frame kind {kind}")
     return kind
+
+
+def blame_frame(size: int, blamed: int, device: torch.device | None) -> torch.Tensor:
+    """A frame (of ``size`` >= 5 bytes) telling every rank that rank ``blamed`` sent this rank an
+    invalid payload."""
+    frame = new_frame(size, device)
+    frame[0] = FRAME_BLAME
+    frame[1:5] = torch.tensor([blamed], dtype=torch.int32).view(torch.uint8).to(frame.device)
+    return frame
 
 
 def decode_frames(
@@ -373,11 +455,21 @@ def decode_frames(
         try:
             if frame is None:
                 raise ValueError("no frame (its announced size was refused)")
-            if frame_kind(frame) == FRAME_NONFINITE:
+            kind = frame_kind(frame)
+            if kind == FRAME_NONFINITE:
                 nonfinite = True
                 rows.append(None)
                 continue
+            if kind == FRAME_BLAME:
+                if frame.numel() < 5:
+                    raise ValueError("truncated blame frame")
+                blamed = int(frame[1:5].clone().view(torch.int32))
+                raise PeerPayloadError(hook, blamed, f"reported by rank {rank}, which received it")
             rows.append(decode(rank, frame[1:]))
+        except PeerPayloadError:
+            if on_invalid == "raise":
+                raise
+            rows.append(None)
         except ValueError as err:
             if on_invalid == "raise":
                 raise PeerPayloadError(hook, rank, str(err)) from err

@@ -1,18 +1,22 @@
 """All-gather aggregation of compressed gradients: what QSGD/NUQSGD analyse.
 
-Each rank quantizes and encodes its bucket into a frame (:mod:`._wire`); frames are all-gathered
-(fixed-width frames have a size every rank computes, so one collective; Elias frames exchange
-their sizes first, on the next lane); every rank decodes all frames in rank order and averages
-them. The average is unbiased, and every rank computes it from the same bytes in the same order,
-so parameters stay bit-identical across ranks. Nothing in the hook body waits for a peer.
+Each rank quantizes its bucket, parameter by parameter (:mod:`._params`: the result does not
+depend on DDP's bucket layout), and sends the payloads in one frame (:mod:`._wire`); frames are
+all-gathered (fixed-width frames have a size every rank computes, so one collective; Elias frames
+exchange their sizes first, on the next lane); every rank decodes all frames in rank order and
+averages them. The average is unbiased, and every rank computes it from the same bytes in the
+same order, so parameters stay bit-identical across ranks. Nothing in the hook body waits for a
+peer. Per-rank traffic grows with the world size: :func:`~commcomp.hooks.reduce_scatter_hook`
+is the one that scales.
 """
 
 import torch
 import torch.distributed as dist
 
-from .. import codecs, ops
-from ..quantizers import Levels, QuantizedTensor
-from ._wire import BucketWire, decode_frames, finish, fp32_allreduce, make_frame, resolve_group
+from ..quantizers import Levels
+from ._params import ParamSlice, pieces_in
+from ._payload import accumulate_pieces, all_finite, decode_pieces, fixed_size, quantize_pieces, write_pieces
+from ._wire import BucketWire, decode_frames, finish, fp32_allreduce, make_frame, mark_kind, new_frame, resolve_group
 from .state import CompressionState
 
 __all__ = ["allgather_hook"]
@@ -49,34 +53,46 @@ def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     wire = BucketWire(state, group, 2 if fixed else 3, buffer.device)
     fallback_stage = 1 if fixed else 2
     x = state.with_residual(bucket, slices)
+    pieces = pieces_in(slices, 0, numel)
     # Non-finite buckets come back with their inf/NaN norm (the kernel reads every element anyway):
     # the frame's kind byte says so, computed on the device, with no second pass over x.
-    q = quantizer.quantize(x, seed=state.rank_seed(group.rank), offset=state.next_offset(), allow_nonfinite=True)
-    finite = torch.isfinite(q.norms).all()
-    state.observe(x, q.norms)
-    body = codecs.encode(q, coding=state.coding)
+    payload = quantize_pieces(quantizer, levels, x, 0, pieces, state.rank_seed(group.rank), state.iteration, 0)
+    for piece, q in zip(pieces, payload):
+        state.observe(x[piece.start : piece.start + piece.numel], q.norms)
+    finite = all_finite(payload, buffer.device)
     if fixed:
-        frame = make_frame(body, 1 + codecs.fixed_payload_bytes(numel, quantizer.bucket_size, levels), finite)
+        frame = new_frame(1 + fixed_size(pieces, quantizer.bucket_size, levels), buffer.device)
+        write_pieces(payload, frame[1:])  # straight into the send buffer
+        mark_kind(frame, finite)
         gathered = wire.gather_fixed(0, frame)
     else:
+        body = state.elias.encode(payload, pieces, state.coding, state.iteration).to(buffer.device)
         frame = make_frame(body, finite=finite)
         gathered = wire.gather_variable(0, frame, state.payload_cap(numel), "raise", _HOOK)
     state.record(frame.numel(), numel * buffer.element_size())
+    own_wanted, measure = state.wants_decoded_own(), state.measuring_variance()
 
     def average(frames: list[torch.Tensor]) -> torch.Tensor | torch.futures.Future:
-        total = _average_frames(state, frames, numel, buffer.device, levels)
+        total = _average_frames(state, frames, slices, numel, buffer.device, levels)
         if total is None:
             return wire.fp32_average(fallback_stage, buffer)
         wire.skip(fallback_stage)
-        if state.wants_decoded_own():
-            state.after_compression(slices, x, quantizer.dequantize(q, torch.float32))
+        if own_wanted:
+            own = torch.zeros(numel, dtype=torch.float32, device=buffer.device)
+            accumulate_pieces(own, 0, pieces, [payload], levels, quantizer.bucket_size, 1.0)
+            state.after_compression(slices, x, own, measure=measure)
         return buffer.copy_(total)
 
     return finish(state, bucket, wire.chain(gathered, average))
 
 
 def _average_frames(
-    state: CompressionState, frames: list[torch.Tensor], numel: int, device: torch.device, levels: Levels | None = None
+    state: CompressionState,
+    frames: list[torch.Tensor],
+    slices: list[ParamSlice],
+    numel: int,
+    device: torch.device,
+    levels: Levels | None = None,
 ) -> torch.Tensor | None:
     """The average of every rank's decoded frame, or ``None`` if some rank sent a non-finite marker.
 
@@ -86,21 +102,12 @@ def _average_frames(
     """
     expected = levels if levels is not None else state.quantizer.levels
     bucket_size = state.quantizer.bucket_size
-
-    def decode(rank: int, body: torch.Tensor) -> QuantizedTensor:
-        q = codecs.decode(body, numel=numel)
-        if q.bucket_size != bucket_size:
-            raise ValueError(f"payload bucket size {q.bucket_size} differs from {bucket_size}")
-        if q.levels != expected:
-            raise ValueError(f"payload was quantized with other levels ({len(q.levels)} levels) than this iteration's")
-        return q
-
-    payloads, nonfinite = decode_frames(frames, decode, "raise", _HOOK)
+    pieces = pieces_in(slices, 0, numel)
+    payloads, nonfinite = decode_frames(
+        frames, lambda rank, body: decode_pieces(body, pieces, expected, bucket_size), "raise", _HOOK
+    )
     if nonfinite:
         return None
     total = torch.zeros(numel, dtype=torch.float32, device=device)
-    ops.dequantize_accumulate(
-        total, [q.norms.to(device) for q in payloads], [q.symbols.to(device) for q in payloads],
-        expected.tensor(device), bucket_size, 1.0 / len(frames),
-    )
+    accumulate_pieces(total, 0, pieces, payloads, expected, bucket_size, 1.0 / len(frames))
     return total

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from .. import ops
 from ..quantizers import Levels
+from ._params import pieces_in, stream_offset
 from ._wire import BucketWire, finish, fp32_allreduce, resolve_group
 from .state import CompressionState
 
@@ -86,29 +87,46 @@ def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
         )
     wire = BucketWire(state, group, 2, buffer.device)  # stages: norms, integers (or fp32)
     x = state.with_residual(bucket, slices).contiguous()
-    norms = ops.bucket_norms(x, quantizer.bucket_size, quantizer.norm)
+    pieces = pieces_in(slices, 0, numel)
+    # Quantization buckets start at each parameter (see _params): the norms of every piece.
+    piece_norms = [ops.bucket_norms(x[p.start : p.start + p.numel], quantizer.bucket_size, quantizer.norm) for p in pieces]
+    norms = torch.cat(piece_norms) if piece_norms else x.new_zeros(0, dtype=torch.float32)
     finite = torch.isfinite(norms)
     # Norms and a "some rank is non-finite" flag travel in one MAX-allreduce.
     packet = torch.cat([torch.where(finite, norms, torch.zeros_like(norms)), (~finite.all()).float().reshape(1)])
-    offset = state.next_offset()
-    seed = state.rank_seed(group.rank)
-    state.observe(x)
+    seed, iteration = state.rank_seed(group.rank), state.iteration
+    own_wanted, measure = state.wants_decoded_own(), state.measuring_variance()
+    for piece, n in zip(pieces, piece_norms):
+        state.observe(x[piece.start : piece.start + piece.numel], n)
     state.record(packet.numel() * 4 + numel * dtype.itemsize, numel * buffer.element_size())
     shared_norms = wire.start(
         0, lambda g: dist.all_reduce(packet, op=dist.ReduceOp.MAX, group=g, async_op=True).get_future()
     )
+    # symbol -> signed integer on the level grid, for every symbol value of this width
+    symbol = torch.arange(2 ** quantizer.bits, dtype=torch.int64)
+    index = (symbol >> 1).clamp(max=len(levels) - 1)
+    to_integer = (integers[index] * (1 - 2 * (symbol & 1))).to(dtype).to(x.device)
 
     def reduce_integers(_: object) -> torch.futures.Future:
         if packet[-1].item() != 0.0:
             return wire.fp32_average(1, buffer)
-        shared = packet[:-1].contiguous()
-        _, packed = ops.quantize(x, levels.tensor(x.device), quantizer.bucket_size, quantizer.norm, seed, offset, shared)
-        symbols = ops.unpack_symbols(packed, quantizer.bits, numel).to(torch.int64)
-        signed = integers.to(x.device)[symbols >> 1] * (1 - 2 * (symbols & 1))
-        summed = signed.to(dtype)
-        scale = torch.repeat_interleave(shared, quantizer.bucket_size)[:numel] * unit
-        if state.wants_decoded_own():
-            state.after_compression(slices, x, signed.float() * scale)
+        table = levels.tensor()
+        summed = torch.empty(numel, dtype=dtype, device=x.device)
+        scale = torch.empty(numel, dtype=torch.float32, device=x.device)
+        at = 0
+        for piece, n in zip(pieces, piece_norms):
+            shared = packet[at : at + n.numel()]
+            at += n.numel()
+            window = slice(piece.start, piece.start + piece.numel)
+            _, packed = ops.quantize(
+                x[window], table, quantizer.bucket_size, quantizer.norm, seed,
+                stream_offset(iteration, piece.param.index, 0), shared, False, piece.param_index,
+            )
+            symbols = ops.unpack_symbols(packed, quantizer.bits, piece.numel)
+            summed[window] = to_integer[symbols.to(torch.int64)]
+            scale[window] = torch.repeat_interleave(shared, quantizer.bucket_size)[: piece.numel] * unit
+        if own_wanted:
+            state.after_compression(slices, x, summed.float() * scale, measure=measure)
         reduced = wire.start(1, lambda g: dist.all_reduce(summed, group=g, async_op=True).get_future())
         return wire.chain(reduced, lambda _: buffer.copy_(summed.float() * scale / group.world))
 

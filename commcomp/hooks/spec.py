@@ -1,8 +1,9 @@
 """Build a (state, hook) pair from a short string, for command-line flags such as ``--comm-hook``.
 
-Grammar: ``[allreduce-]SCHEME:BITS[:CODING]`` with SCHEME in qsgd, qsgdinf, nuqsgd, alq, amq and
-CODING in fixed, elias-gamma, elias-delta, elias-omega (``elias`` = elias-gamma); the
-``allreduce-`` prefix selects :func:`allreduce_hook` (shared scale, integer allreduce), otherwise
+Grammar: ``[rs-|allreduce-]SCHEME:BITS[:CODING]`` with SCHEME in qsgd, qsgdinf, nuqsgd, alq, amq and
+CODING in fixed, elias-gamma, elias-delta, elias-omega (``elias`` = elias-gamma); the ``rs-``
+prefix selects :func:`reduce_scatter_hook` (compressed reduce-scatter + all-gather: the one that
+scales), ``allreduce-`` :func:`allreduce_hook` (shared scale, integer allreduce), no prefix
 :func:`allgather_hook`. PyTorch's own hooks for comparison: ``fp16``, ``bf16``,
 ``powersgd:RANK``, ``quant-pertensor``. Two of PyTorch's hooks misbehave on Gloo in torch 2.13:
 ``quantization_pertensor_hook`` fails (it is refused here under Gloo), and ``powerSGD_hook`` can
@@ -26,6 +27,7 @@ from ..codecs import canonical_coding
 from ..quantizers import make_quantizer, scheme_names
 from .allgather import allgather_hook
 from .allreduce import allreduce_hook
+from .reduce_scatter import reduce_scatter_hook
 from .state import CompressionState
 
 __all__ = ["hook_from_spec", "make_quantizer", "SCHEMES"]
@@ -53,10 +55,12 @@ def hook_from_spec(
     if torch_hook is not None:
         return torch_hook
     parts = spec.split(":")
-    use_allreduce = parts[0].startswith("allreduce-")
-    scheme = parts[0].removeprefix("allreduce-")
+    prefix, scheme = _split_prefix(parts[0])
+    use_allreduce = prefix == "allreduce-"
     if len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise ValueError(f"comm hook spec must look like 'nuqsgd:4[:elias]' or 'allreduce-qsgd:4', got {spec!r}")
+        raise ValueError(
+            f"comm hook spec must look like 'nuqsgd:4[:elias]', 'rs-nuqsgd:4' or 'allreduce-qsgd:4', got {spec!r}"
+        )
     try:
         coding = canonical_coding(parts[2] if len(parts) == 3 else "fixed")
     except ValueError as err:
@@ -66,7 +70,17 @@ def hook_from_spec(
     adaptive_kwargs = {"update_schedule": update_schedule} if update_schedule is not None and scheme in _ADAPTIVE else {}
     quantizer = make_quantizer(scheme, int(parts[1]), bucket_size, **adaptive_kwargs)
     state = CompressionState(quantizer, process_group, coding=coding, **state_kwargs)
-    return state, allreduce_hook if use_allreduce else allgather_hook
+    return state, _HOOKS[prefix]
+
+
+_HOOKS = {"": allgather_hook, "rs-": reduce_scatter_hook, "allreduce-": allreduce_hook}
+
+
+def _split_prefix(head: str) -> tuple[str, str]:
+    for prefix in ("rs-", "allreduce-"):
+        if head.startswith(prefix):
+            return prefix, head.removeprefix(prefix)
+    return "", head
 
 
 def _torch_hook(spec: str, process_group: dist.ProcessGroup | None) -> tuple[Any, Callable] | None:

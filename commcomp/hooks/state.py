@@ -10,7 +10,9 @@ import torch.distributed as dist
 
 from ..codecs import CODINGS, canonical_coding
 from ..quantizers import Quantizer
-from ._residuals import ParameterResiduals, ParamSlice
+from ._params import ParameterKeys, ParamSlice
+from ._payload import EliasChoice
+from ._residuals import ParameterResiduals
 from ._wire import HookState
 
 __all__ = ["CompressionState", "CODINGS"]
@@ -47,11 +49,17 @@ class CompressionState(HookState):
             codings); a larger announcement raises :class:`~commcomp.hooks.PeerPayloadError`
             naming that rank before anything is allocated. Default: the bucket's fp32 size plus
             4 KiB (no honest payload is larger).
+        elias_min_saving: with an Elias coding, each parameter's payload is Elias-coded only where
+            that is smaller than fixed width; a parameter whose code saved less than this share
+            of the bytes is sent fixed-width for the next 100 iterations without trying.
+        hierarchical: for :func:`reduce_scatter_hook`: reduce in fp32 inside each node and
+            compress only across nodes. Nodes are ``local_world_size`` consecutive ranks
+            (default: ``LOCAL_WORLD_SIZE``, which torchrun sets), or give
+            ``intra_node_group`` / ``inter_node_group`` (this rank's node, and the ranks of
+            the other nodes with its local rank) yourself.
 
     Attributes:
         iteration: training iterations completed (advanced when the last bucket is reduced).
-        offset: Philox stream position; advanced once per quantization (per compressed bucket,
-            or per chunk and phase in :func:`reduce_scatter_hook`).
         residuals: the error-feedback residuals (:class:`ParameterResiduals`).
         bytes_sent: bytes this rank put on the wire in the last completed iteration.
         bytes_uncompressed: what fp32 allreduce would have sent for the same buckets.
@@ -79,8 +87,13 @@ class CompressionState(HookState):
         "error_feedback",
         "log_every",
         "max_payload_bytes",
-        "offset",
+        "elias",
+        "hierarchical",
+        "local_world_size",
+        "intra_node_group",
+        "inter_node_group",
         "residuals",
+        "parameters",
         "bytes_sent",
         "bytes_uncompressed",
         "compression_ratio",
@@ -102,6 +115,11 @@ class CompressionState(HookState):
         error_feedback: bool = False,
         log_every: int = 100,
         max_payload_bytes: int | None = None,
+        elias_min_saving: float = 0.05,
+        hierarchical: bool = False,
+        local_world_size: int | None = None,
+        intra_node_group: dist.ProcessGroup | None = None,
+        inter_node_group: dist.ProcessGroup | None = None,
     ) -> None:
         if not isinstance(quantizer, Quantizer):
             raise ValueError(f"quantizer must be a commcomp Quantizer, got {type(quantizer).__name__}")
@@ -111,7 +129,20 @@ class CompressionState(HookState):
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         if max_payload_bytes is not None and (not isinstance(max_payload_bytes, int) or max_payload_bytes < 1):
             raise ValueError(f"max_payload_bytes must be a positive int or None, got {max_payload_bytes!r}")
+        if local_world_size is not None and (not isinstance(local_world_size, int) or local_world_size < 1):
+            raise ValueError(f"local_world_size must be a positive int or None, got {local_world_size!r}")
+        if (intra_node_group is None) != (inter_node_group is None):
+            raise ValueError("give both intra_node_group and inter_node_group, or neither")
+        if not hierarchical and (local_world_size is not None or intra_node_group is not None):
+            raise ValueError("local_world_size and intra/inter_node_group need hierarchical=True")
+        if hierarchical and process_group is not None and intra_node_group is None:
+            raise ValueError("hierarchical=True over a process_group needs explicit intra_node_group and inter_node_group")
         super().__init__(process_group)
+        self.elias = EliasChoice(elias_min_saving)
+        self.hierarchical = bool(hierarchical)
+        self.local_world_size = local_world_size
+        self.intra_node_group = intra_node_group
+        self.inter_node_group = inter_node_group
         self.quantizer = quantizer
         self.coding = coding
         self.seed = seed
@@ -120,8 +151,8 @@ class CompressionState(HookState):
         self.error_feedback = bool(error_feedback)
         self.log_every = log_every
         self.max_payload_bytes = max_payload_bytes
-        self.offset = 0
         self.residuals = ParameterResiduals()
+        self.parameters = ParameterKeys()
         self.bytes_sent = 0
         self.bytes_uncompressed = 0
         self.compression_ratio = 1.0
@@ -139,20 +170,14 @@ class CompressionState(HookState):
     def compressing(self, numel: int) -> bool:
         return self.iteration >= self.start_iter and numel >= self.min_compression_numel
 
-    def next_offset(self, count: int = 1) -> int:
-        """The first of ``count`` fresh Philox stream positions (same on every rank: hook bodies
-        run in the same order everywhere)."""
-        offset = self.offset
-        self.offset += count
-        return offset
-
     def bind(self, module: torch.nn.Module) -> None:
-        """Key error-feedback residuals by ``module``'s parameter names (``ddp_model.module``).
+        """Key parameters (their residuals and random streams) by ``module``'s parameter names.
 
-        Optional: without it, residuals are keyed by the order in which the hook first sees the
-        parameters, which a resumed run reproduces as long as it builds DDP the same way.
+        Call with ``ddp_model.module`` before the first backward. Optional: without it, parameters
+        are keyed by the order in which the hook first sees them, which a resumed run reproduces
+        as long as it builds DDP the same way.
         """
-        self.residuals.bind(module.named_parameters())
+        self.parameters.bind(module.named_parameters())
 
     def record(self, sent: int, uncompressed: int) -> None:
         self._bytes_sent_running += sent
@@ -164,7 +189,7 @@ class CompressionState(HookState):
     def parameter_slices(self, bucket: dist.GradBucket) -> list[ParamSlice]:
         """Where the bucket's parameters lie in its buffer; every hook body calls it (also in
         warm-up), so residual keys are assigned in the order of DDP's first iteration."""
-        return self.residuals.slices(bucket)
+        return self.parameters.slices(bucket)
 
     def with_residual(self, bucket: dist.GradBucket, slices: list[ParamSlice]) -> torch.Tensor:
         """The bucket's flat gradient plus its parameters' error-feedback residuals (if any)."""
@@ -175,17 +200,22 @@ class CompressionState(HookState):
         self.residuals.add_to(x, slices, "local")
         return x
 
-    def after_compression(self, slices: list[ParamSlice], sent: torch.Tensor, decoded: torch.Tensor) -> None:
-        """Keep the residual of what this rank sent and measure the quantization variance."""
+    def after_compression(
+        self, slices: list[ParamSlice], sent: torch.Tensor, decoded: torch.Tensor, lo: int = 0, measure: bool = False
+    ) -> None:
+        """Keep the residual of what this rank sent (bucket coordinates ``[lo, lo + sent.numel())``)
+        and, if ``measure`` (:meth:`measuring_variance`, read in the hook body), measure the
+        quantization variance."""
         if self.error_feedback:
-            self.residuals.store(sent.float() - decoded, slices, "local")
-        if self.measuring_variance():
+            self.residuals.store(sent.float() - decoded, slices, "local", lo)
+        if measure:
             xf = sent.float()
             denom = float(xf.pow(2).sum())
             self.variance_estimate = float((decoded - xf).pow(2).sum()) / denom if denom > 0 else 0.0
 
     def wants_decoded_own(self) -> bool:
-        """Whether :meth:`after_compression` needs this rank's own decoded bucket."""
+        """Whether :meth:`after_compression` needs this rank's own decoded bucket. Read it in the
+        hook body: the iteration may end before a callback runs."""
         return self.error_feedback or self.measuring_variance()
 
     def observe(self, x: torch.Tensor, norms: torch.Tensor | None = None) -> None:
@@ -194,6 +224,18 @@ class CompressionState(HookState):
         should_observe = getattr(self.quantizer, "should_observe", None)
         if should_observe is not None and should_observe(self.iteration):
             self.quantizer.observe(x, norms)
+
+    def node_groups(self):
+        """``(intra, inter, world)`` :class:`~commcomp.hooks._wire.GroupInfo` of hierarchical mode.
+
+        Built on first use from ``local_world_size`` (a collective every rank reaches in the same
+        hook body: it creates the groups once).
+        """
+        from ._wire import resolve_group
+
+        if self.intra_node_group is None:
+            self.intra_node_group, self.inter_node_group = _node_groups(self.local_world_size)
+        return resolve_group(self.intra_node_group), resolve_group(self.inter_node_group), resolve_group(self.process_group)
 
     def payload_cap(self, numel: int) -> int:
         """Largest payload accepted from a peer for a bucket of ``numel`` elements."""
@@ -229,14 +271,13 @@ class CompressionState(HookState):
             "min_compression_numel": self.min_compression_numel,
             "error_feedback": self.error_feedback,
             "iteration": self.iteration,
-            "offset": self.offset,
             "residuals": self.residuals.state_dict(),
             "quantizer": quantizer_state() if quantizer_state is not None else None,
             "quantizer_repr": repr(self.quantizer),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = {"iteration", "offset", "residuals", "seed"} - set(state)
+        missing = {"iteration", "residuals", "seed"} - set(state)
         if missing:
             raise ValueError(f"state is missing keys {sorted(missing)}")
         if state.get("quantizer_repr", repr(self.quantizer)) != repr(self.quantizer):
@@ -249,7 +290,21 @@ class CompressionState(HookState):
         self.min_compression_numel = int(state.get("min_compression_numel", self.min_compression_numel))
         self.error_feedback = bool(state.get("error_feedback", self.error_feedback))
         self.iteration = int(state["iteration"])
-        self.offset = int(state["offset"])
         self.residuals.load_state_dict(state["residuals"])
         if state.get("quantizer") is not None:
             self.quantizer.load_state_dict(state["quantizer"])
+
+
+def _node_groups(local_world_size: int | None) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
+    import os
+
+    world = dist.get_world_size()
+    local = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
+    if local < 1 or world % local:
+        raise ValueError(
+            f"hierarchical=True needs local_world_size (or LOCAL_WORLD_SIZE) dividing the world size {world}, got {local or None}"
+        )
+    nodes = world // local
+    intra, _ = dist.new_subgroups_by_enumeration([list(range(n * local, (n + 1) * local)) for n in range(nodes)])
+    inter, _ = dist.new_subgroups_by_enumeration([list(range(k, world, local)) for k in range(local)])
+    return intra, inter
