@@ -2,6 +2,8 @@
 
     sudo benchmarks/bench_ddp.sh                                   # 1, 2.5, 10 Gbit/s, all contenders
     python benchmarks/bench_ddp.py --bandwidths 1 --contenders none fp16 nuqsgd:4
+    sudo benchmarks/bench_ddp.sh --topology nodes --world-sizes 2 4 --bandwidths 1   # 2 "nodes"
+    sudo benchmarks/bench_ddp.sh --bytes-table --world-sizes 2 4 8                   # bytes vs model
     python benchmarks/bench_ddp.py --device cuda                   # NCCL, no tc: kernel share instead
 
 What it does, per bandwidth: create a private network namespace, bring its loopback up, shape it
@@ -16,6 +18,16 @@ reduction allows (:func:`ideal_speedup`), and the held-out loss after ``warmup +
 
 The tbf qdisc shapes *all* loopback traffic together, so the ranks share one link of the given
 rate (both directions included): a conservative model of ranks behind one uplink.
+
+``--topology nodes``: two namespaces ("nodes") of ``world_size / 2`` ranks each, joined by a veth
+pair shaped with tbf at the given rate in each direction; inside a node, ranks talk over its
+unshaped loopback. Bytes are those that crossed the veth (the inter-node link). This is the
+setting of 8 GPUs per node behind a slow inter-node link, where ``rs-...`` hooks with
+``hierarchical=True`` reduce in fp32 inside the node and compress across nodes only.
+
+``--bytes-table``: one unshaped namespace, a small model (``--width 16``), and per contender the
+bytes each rank put on the loopback per step against the analytic per-rank bytes of its
+collective (``2(W-1)/W`` x the compressed bucket for ``rs-``).
 
 Without root (or without ``ip``/``tc``) it exits with status 2 and says so; ``--no-netns`` runs on
 the host loopback unshaped (counters then include other processes' traffic and are not reported).
@@ -83,7 +95,8 @@ def contender_for(spec: str) -> Contender:
     from commcomp.hooks import hook_from_spec
 
     hook_from_spec(spec)  # validates the grammar (raises ValueError naming the spec)
-    return Contender(spec, "commcomp", "allreduce" if spec.startswith("allreduce-") else "allgather")
+    algorithm = "allreduce" if spec.startswith("allreduce-") else "reduce_scatter" if spec.startswith("rs-") else "allgather"
+    return Contender(spec, "commcomp", algorithm)
 
 
 def default_contenders(bits: Sequence[int] = (2, 3, 4)) -> list[Contender]:
@@ -95,6 +108,7 @@ def default_contenders(bits: Sequence[int] = (2, 3, 4)) -> list[Contender]:
         for scheme in ("qsgd", "nuqsgd", "alq"):
             specs += [f"{scheme}:{b}", f"{scheme}:{b}:elias"]
         specs += [f"allreduce-qsgd:{b}", f"allreduce-nuqsgd:{b}"]
+        specs += [f"rs-qsgd:{b}", f"rs-nuqsgd:{b}", f"rs-nuqsgd:{b}:elias"]
     return [contender_for(s) for s in specs]
 
 
@@ -107,6 +121,9 @@ def link_bytes_per_step(algorithm: str, payload_bytes_per_rank: float, world_siz
     * ring allreduce (Gloo's and NCCL's large-message algorithm): reduce-scatter then all-gather,
       each rank sends ``2 (p-1)/p * N``, so all ranks together ``2 (p-1) N``;
     * all-gather: each rank's payload reaches the ``p-1`` others, ``p (p-1) N`` in all;
+    * reduce-scatter + all-gather of compressed chunks (``rs-``): each rank sends ``(p-1)/p`` of
+      its compressed bucket ``N`` in the all-to-all and its reduced chunk (``N/p``) to ``p-1``
+      ranks in the all-gather, ``2 (p-1) N`` in all, as a ring allreduce of ``N``;
     * none: 0.
 
     Excludes TCP/IP framing (a few % on loopback's 64 KiB MTU), which the interface counters include.
@@ -116,13 +133,13 @@ def link_bytes_per_step(algorithm: str, payload_bytes_per_rank: float, world_siz
     if payload_bytes_per_rank < 0:
         raise ValueError(f"payload_bytes_per_rank must be >= 0, got {payload_bytes_per_rank}")
     p = world_size
-    if algorithm == "allreduce":
+    if algorithm in ("allreduce", "reduce_scatter"):
         return 2 * (p - 1) * payload_bytes_per_rank
     if algorithm == "allgather":
         return p * (p - 1) * payload_bytes_per_rank
     if algorithm == "none":
         return 0.0
-    raise ValueError(f"algorithm must be 'allreduce', 'allgather' or 'none', got {algorithm!r}")
+    raise ValueError(f"algorithm must be 'allreduce', 'reduce_scatter', 'allgather' or 'none', got {algorithm!r}")
 
 
 def torch_hook_payload_bytes(spec: str, param_shapes: Sequence[Sequence[int]]) -> float:
@@ -167,16 +184,21 @@ def _prod(shape: Sequence[int]) -> int:
     return out
 
 
-def read_loopback_bytes(path: str = "/proc/net/dev") -> int:
-    """Transmitted bytes of ``lo`` in the caller's network namespace (``/proc/net/dev`` is
-    per-namespace). On loopback every byte is transmitted once and received once: tx is the link."""
+def read_interface_bytes(interface: str = "lo", path: str = "/proc/net/dev") -> int:
+    """Bytes that crossed ``interface`` in the caller's network namespace (``/proc/net/dev`` is
+    per-namespace): for ``lo`` the transmitted bytes (each is also received once), for a veth
+    end received + transmitted (traffic in both directions crosses the link once)."""
     with open(path) as f:
         for line in f:
             name, sep, rest = line.partition(":")
-            if sep and name.strip() == "lo":
-                fields = rest.split()
-                return int(fields[8])  # rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes
-    raise ValueError(f"no 'lo' interface in {path}")
+            if sep and name.strip() == interface:
+                fields = rest.split()  # rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes
+                return int(fields[8]) if interface == "lo" else int(fields[0]) + int(fields[8])
+    raise ValueError(f"no {interface!r} interface in {path}")
+
+
+def read_loopback_bytes(path: str = "/proc/net/dev") -> int:
+    return read_interface_bytes("lo", path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,12 +259,13 @@ def _local_hook(_: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.T
     return fut
 
 
-def make_hook(spec: str, refit_at: int = 1) -> tuple[Any, Callable | None]:
+def make_hook(spec: str, refit_at: int = 1, hierarchical: bool = False) -> tuple[Any, Callable | None]:
     """``(state, hook)`` for a contender spec (``hook`` is None for fp32 allreduce).
 
     commcomp states get ``log_every=0`` (no variance measurement inside timed steps); adaptive
     quantizers (ALQ/AMQ) refit their levels at iteration ``refit_at`` (in the warm-up) instead of
-    the default schedule's iteration 100, which a short benchmark never reaches.
+    the default schedule's iteration 100, which a short benchmark never reaches. ``hierarchical``:
+    ``rs-`` hooks reduce in fp32 inside a node (``LOCAL_WORLD_SIZE`` ranks) and compress across.
     """
     if spec == FP32_SPEC:
         return None, None
@@ -253,7 +276,8 @@ def make_hook(spec: str, refit_at: int = 1) -> tuple[Any, Callable | None]:
 
     if contender_for(spec).family == "pytorch":
         return hook_from_spec(spec)
-    state, hook = hook_from_spec(spec, log_every=0)
+    extra = {"hierarchical": True} if hierarchical and spec.startswith("rs-") else {}
+    state, hook = hook_from_spec(spec, log_every=0, **extra)
     if isinstance(state, CompressionState) and hasattr(state.quantizer, "should_observe"):
         from commcomp.adaptive import UpdateSchedule
         from commcomp.hooks.spec import make_quantizer
@@ -282,7 +306,7 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
     shapes = [tuple(p.shape) for p in model.parameters()]
     ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               bucket_cap_mb=single_bucket_mb(spec))
-    state, hook = make_hook(spec)
+    state, hook = make_hook(spec, hierarchical=cfg.get("nodes", 1) > 1 and cfg.get("local_ranks", 1) > 1)
     if hook is not None:
         ddp.register_comm_hook(state, hook)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=0.9)
@@ -304,7 +328,7 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
         step(i)
     sync()
     dist.barrier()
-    link0 = read_loopback_bytes() if cfg["count_link"] else 0
+    link0 = read_interface_bytes(cfg.get("interface", "lo")) if cfg["count_link"] else 0
     times = []
     for i in range(cfg["warmup"], total):
         t0 = time.perf_counter()
@@ -312,7 +336,7 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
         sync()
         times.append(time.perf_counter() - t0)
     dist.barrier()
-    link1 = read_loopback_bytes() if cfg["count_link"] else 0
+    link1 = read_interface_bytes(cfg.get("interface", "lo")) if cfg["count_link"] else 0
     # A step lasts as long as its slowest rank.
     step_times = torch.tensor(times, dtype=torch.float64)
     dist.all_reduce(step_times, op=dist.ReduceOp.MAX)
@@ -340,6 +364,7 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
         "hook_compression_ratio": ratio,
         "loss_after_steps": eval_loss,
         "steps_trained": total,
+        "world_size": world,
         "op_share": op_share,
     }
 
@@ -368,22 +393,28 @@ def _profile_share(step: Callable[[int], float], first: int, n: int, device: tor
 
 
 def _link_check(device: torch.device, nbytes: int) -> float:
-    """Gbit/s of one rank-1 -> rank-0 transfer of ``nbytes``: confirms the shaping took effect."""
+    """Gbit/s of one transfer of ``nbytes`` from the last rank to rank 0 (in another node with
+    ``--topology nodes``): confirms the shaping took effect."""
     buf = torch.zeros(nbytes // 4, dtype=torch.float32, device=device)
+    last = dist.get_world_size() - 1
     dist.barrier()
     t0 = time.perf_counter()
-    if dist.get_rank() == 1:
+    if dist.get_rank() == last:
         dist.send(buf, 0)
     elif dist.get_rank() == 0:
-        dist.recv(buf, 1)
+        dist.recv(buf, last)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dist.barrier()
     return nbytes * 8 / (time.perf_counter() - t0) / 1e9
 
 
-def _rank_main(rank: int, cfg: dict[str, Any]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(cfg["port"]), GLOO_SOCKET_IFNAME="lo")
+def _rank_main(local_rank: int, cfg: dict[str, Any]) -> None:
+    local = cfg.get("local_ranks", cfg["world_size"])
+    rank = cfg.get("node_rank", 0) * local + local_rank
+    os.environ.update(MASTER_ADDR=cfg.get("master_addr", "127.0.0.1"), MASTER_PORT=str(cfg["port"]),
+                      GLOO_SOCKET_IFNAME=cfg.get("socket_interface", "lo"),
+                      LOCAL_WORLD_SIZE=str(local), LOCAL_RANK=str(local_rank))
     torch.set_num_threads(cfg["threads"])
     # DDP warns once per contender that 1x1-conv gradients have other strides than its buckets
     # (a copy it makes anyway); the benchmark's output should be the table.
@@ -427,7 +458,7 @@ def worker_main(cfg_path: str) -> None:
     import torch.multiprocessing as mp
 
     cfg = json.loads(Path(cfg_path).read_text())
-    mp.start_processes(_rank_main, args=(cfg,), nprocs=cfg["world_size"], start_method="spawn")
+    mp.start_processes(_rank_main, args=(cfg,), nprocs=cfg.get("local_ranks", cfg["world_size"]), start_method="spawn")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -470,26 +501,35 @@ def shaped_namespace(name: str, gbps: float | None) -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
-def _run_worker(cfg: dict[str, Any], netns: str | None, timeout_s: float) -> tuple[list[dict[str, Any]], float | None, str | None]:
-    """Run one worker (all contenders at one bandwidth); returns (rows, link check, error)."""
+def _run_worker(cfg: dict[str, Any], netns: str | Sequence[str] | None, timeout_s: float,
+                per_node: Sequence[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], float | None, str | None]:
+    """Run the workers of one setting (one per node: ``netns`` is a namespace, a list of them with
+    ``--topology nodes``, or None); returns (rows, link check, error). Rank 0 writes the rows."""
+    namespaces = [netns] if netns is None or isinstance(netns, str) else list(netns)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = dict(cfg, out=str(Path(tmp) / "rows.jsonl"))
-        cfg_path = Path(tmp) / "cfg.json"
-        cfg_path.write_text(json.dumps(cfg))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(cfg_path)]
-        if netns is not None:
-            cmd = ["ip", "netns", "exec", netns] + cmd
-        proc = subprocess.Popen(cmd, start_new_session=True)
+        procs = []
+        for node, ns in enumerate(namespaces):
+            cfg_path = Path(tmp) / f"cfg{node}.json"
+            node_cfg = dict(per_node[node], out=cfg["out"]) if per_node is not None else cfg
+            cfg_path.write_text(json.dumps(dict(node_cfg, node_rank=node)))
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(cfg_path)]
+            if ns is not None:
+                cmd = ["ip", "netns", "exec", ns] + cmd
+            procs.append(subprocess.Popen(cmd, start_new_session=True))
         error = None
+        deadline = time.monotonic() + timeout_s
         try:
-            if proc.wait(timeout=timeout_s) != 0:
-                error = f"worker exited with status {proc.returncode}"
+            for proc in procs:
+                if proc.wait(timeout=max(1.0, deadline - time.monotonic())) != 0 and error is None:
+                    error = f"worker exited with status {proc.returncode}"
         except subprocess.TimeoutExpired:
             error = f"worker timed out after {timeout_s:.0f} s; kept the contenders it finished"
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)  # the ranks are in the worker's session
-                proc.wait()
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the ranks are in the worker's session
+                    proc.wait()
         rows, link = [], None
         out = Path(cfg["out"])
         for line in out.read_text().splitlines() if out.exists() else []:
@@ -499,6 +539,46 @@ def _run_worker(cfg: dict[str, Any], netns: str | None, timeout_s: float) -> tup
             else:
                 rows.append(row)
     return rows, link, error
+
+
+NODE_SUBNET = "10.77.0."
+
+
+def _run_worker_nodes(cfg: dict[str, Any], namespaces: list[str], timeout_s: float):
+    """:func:`_run_worker` with one worker per node namespace, each bound to its node's veth."""
+    # Only the socket interface differs per node; _run_worker writes one config per node.
+    per_node = [dict(cfg, socket_interface=f"cc{k}", interface=f"cc{k}") for k in range(len(namespaces))]
+    return _run_worker(per_node[0], namespaces, timeout_s, per_node=per_node)
+
+
+@contextlib.contextmanager
+def shaped_nodes(name: str, gbps: float, nodes: int = 2) -> Iterator[list[str]]:
+    """``nodes`` namespaces (two: one veth pair between them) with loopback up, the veth shaped to
+    ``gbps`` in each direction; node ``k`` has address ``10.77.0.(k+1)`` on interface ``cc<k>``.
+    Deleted on exit whatever happened."""
+    if nodes != 2:
+        raise ValueError(f"the nodes topology has 2 nodes, got {nodes}")
+
+    def ip(*a: str) -> None:
+        subprocess.run(["ip", *a], check=True, capture_output=True, text=True, timeout=30)
+
+    names = [f"{name}n{k}" for k in range(nodes)]
+    for ns in names:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+    try:
+        for ns in names:
+            ip("netns", "add", ns)
+            ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        ip("link", "add", "cc0", "netns", names[0], "type", "veth", "peer", "name", "cc1", "netns", names[1])
+        for k, ns in enumerate(names):
+            ip("netns", "exec", ns, "ip", "addr", "add", f"{NODE_SUBNET}{k + 1}/24", "dev", f"cc{k}")
+            ip("netns", "exec", ns, "ip", "link", "set", f"cc{k}", "up")
+            ip("netns", "exec", ns, "tc", "qdisc", "add", "dev", f"cc{k}", "root", "tbf",
+               "rate", f"{gbps * 1000:g}mbit", "burst", str(tbf_burst_bytes(gbps)), "latency", "200ms")
+        yield names
+    finally:
+        for ns in names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
 def merge_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -536,6 +616,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if r["spec"] == LOCAL_SPEC:
             r["loss_after_steps"] = None  # ranks never averaged: the loss of rank 0's model alone
+        if local is not None:
+            r["vs_compute_only"] = r["median_step_s"] / local["median_step_s"]
+        if r.get("link_bytes_per_step") is not None:
+            r["measured_bytes_per_rank"] = r["link_bytes_per_step"] / r["world_size"]
+        r["model_bytes_per_rank"] = r["model_link_bytes_per_step"] / r["world_size"]
         if fp32 is not None:
             r["speedup"] = fp32["median_step_s"] / r["median_step_s"]
             if r["loss_after_steps"] is not None:
@@ -553,9 +638,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of summarized rows; failed contenders listed under it."""
     shares = [r.get("op_share") or {} for r in rows if "error" not in r]
     share_keys = [k for k in ("kernel_share", "commcomp_kernel_share", "commcomp_op_share") if any(k in s for s in shares)]
-    lines = ["| contender | step ms | link MB/step measured | model MB/step | bytes ratio | speedup | ideal | loss after N | loss - fp32 |"
+    lines = ["| contender | step ms | x compute-only | link MB/step measured | model MB/step | bytes ratio | speedup | ideal | loss after N | loss - fp32 |"
              + "".join(f" {k.replace('_', ' ')} |" for k in share_keys),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(share_keys)]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(share_keys)]
 
     def num(v: Any, fmt: str, suffix: str = "") -> str:
         return "-" if v is None else format(v, fmt) + suffix
@@ -565,13 +650,29 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             continue
         link = r.get("link_bytes_per_step")
         lines.append(
-            f"| {r['spec']} | {r['median_step_s'] * 1e3:.0f} | {num(None if link is None else link / 1e6, '.2f')} | "
+            f"| {r['spec']} | {r['median_step_s'] * 1e3:.0f} | {num(r.get('vs_compute_only'), '.2f', 'x')} | "
+            f"{num(None if link is None else link / 1e6, '.2f')} | "
             f"{r['model_link_bytes_per_step'] / 1e6:.2f} | {num(r.get('byte_ratio'), '.1f', 'x')} | "
             f"{num(r.get('speedup'), '.2f', 'x')} | {num(r.get('ideal_speedup'), '.2f', 'x')} | "
             f"{num(r['loss_after_steps'], '.3f')} | {num(r.get('loss_vs_fp32'), '+.3f')} |"
             + "".join(f" {num((r.get('op_share') or {}).get(k), '.0%')} |" for k in share_keys)
         )
     lines += [f"\nFAILED {r['spec']}: {r['error']}" for r in rows if "error" in r]
+    return "\n".join(lines)
+
+
+def format_bytes_table(rows: list[dict[str, Any]]) -> str:
+    """Per-rank bytes per step measured on the interface against the collective's analytic bytes."""
+    lines = ["| contender | W | measured MB/rank/step | analytic MB/rank/step | measured / analytic | vs fp32 ring allreduce |",
+             "|---|---:|---:|---:|---:|---:|"]
+    fp32 = next((r for r in rows if r.get("spec") == FP32_SPEC and "error" not in r), None)
+    for r in rows:
+        if "error" in r or r.get("measured_bytes_per_rank") is None or r["spec"] == LOCAL_SPEC:
+            continue
+        measured, model = r["measured_bytes_per_rank"], r["model_bytes_per_rank"]
+        vs = measured / fp32["measured_bytes_per_rank"] if fp32 else None
+        lines.append(f"| {r['spec']} | {r['world_size']} | {measured / 1e6:.3f} | {model / 1e6:.3f} | "
+                     f"{measured / model if model else float('nan'):.2f} | {'-' if vs is None else f'{vs:.3f}x'} |")
     return "\n".join(lines)
 
 
@@ -625,6 +726,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: NCCL, no namespace, no tc")
     parser.add_argument("--profile-steps", type=int, default=None,
                         help="profiled steps after the timed ones, for kernel/op shares of the step (default: 2 on cuda, 0 on cpu)")
+    parser.add_argument("--topology", default="shared", choices=("shared", "nodes"),
+                        help="shared: every rank behind one shaped loopback; nodes: 2 namespaces joined by a shaped veth")
+    parser.add_argument("--bytes-table", action="store_true",
+                        help="unshaped namespace, small model: per-rank bytes against the analytic model")
     parser.add_argument("--no-netns", action="store_true", help="run unshaped on the host loopback (no root needed)")
     parser.add_argument("--netns-name", default=f"ccbench{os.getpid()}")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per bandwidth before the run is killed")
@@ -642,6 +747,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.world_sizes = [2] + ([4] if (os.cpu_count() or 1) >= 4 else [])
     if any(w < 2 for w in args.world_sizes):
         raise ValueError(f"--world-sizes must be >= 2, got {args.world_sizes}")
+    if args.topology == "nodes" and any(w % 2 for w in args.world_sizes):
+        raise ValueError(f"--topology nodes needs even --world-sizes (2 nodes), got {args.world_sizes}")
+    if args.bytes_table and args.contenders is None:
+        args.contenders = [FP32_SPEC, LOCAL_SPEC, "fp16", "nuqsgd:4", "allreduce-qsgd:4", "rs-qsgd:4", "rs-nuqsgd:4", "rs-nuqsgd:4:elias"]
     args.contenders = (default_contenders(args.bits) if args.contenders is None
                        else [contender_for(s) for s in args.contenders])
     if args.profile_steps is None:
@@ -675,7 +784,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if why is not None:
             print(f"bench_ddp: SKIPPED: {why}. Use --no-netns for an unshaped run on the host loopback.", file=sys.stderr)
             return 2
-        settings = [("host loopback, unshaped", None)] if args.no_netns else [(f"{b:g} Gbit/s", b) for b in args.bandwidths]
+        if args.no_netns:
+            settings = [("host loopback, unshaped", None)]
+        elif args.bytes_table:
+            settings = [("namespace loopback, unshaped", None)]
+        else:
+            where = "between 2 nodes" if args.topology == "nodes" else "shared loopback"
+            settings = [(f"{b:g} Gbit/s {where}", b) for b in args.bandwidths]
         world_sizes = args.world_sizes
     import commcomp  # noqa: F401  (fail here, not in every rank, if the extension is missing)
 
@@ -690,7 +805,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                        stem_stride=args.stem_stride,
                        threads=args.threads, seed=args.seed, device=args.device, profile_steps=args.profile_steps,
                        count_link=not (cuda or args.no_netns), link_check_bytes=16 << 20,
-                       port=29511, collective_timeout_s=int(min(args.timeout, 600)))
+                       port=29511, collective_timeout_s=int(min(args.timeout, 600)), interface="lo")
+            nodes = args.topology == "nodes" and not (cuda or args.no_netns or args.bytes_table)
+            if nodes:
+                cfg.update(nodes=2, local_ranks=world // 2, master_addr=f"{NODE_SUBNET}1", socket_interface="cc0",
+                           interface="cc0")
             if args.no_netns or cuda:
                 from socket import socket
 
@@ -701,6 +820,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_before = _load_average()
             if cuda or args.no_netns:
                 rows, link, error = _run_worker(cfg, None, args.timeout)
+            elif nodes:
+                with shaped_nodes(args.netns_name, gbps) as namespaces:
+                    # each node's ranks bind to their node's veth address: cc0 in node 0, cc1 in node 1
+                    rows, link, error = _run_worker_nodes(cfg, namespaces, args.timeout)
             else:
                 with shaped_namespace(args.netns_name, gbps) as ns:
                     rows, link, error = _run_worker(cfg, ns, args.timeout)
@@ -709,7 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        load_average_before=load_before, load_average_after=_load_average(), rows=rows)
             runs.append(run)
             print(f"\n### {label}, {world} ranks (link check: {link if link is None else round(link, 2)} Gbit/s)")
-            print(format_table(rows))
+            print(format_bytes_table(rows) if args.bytes_table else format_table(rows))
             if error:
                 print(f"bench_ddp: {error}", file=sys.stderr)
     payload = {

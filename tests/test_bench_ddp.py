@@ -28,12 +28,14 @@ def test_default_lineup_holds_every_contender_the_issue_names():
         for scheme in ("qsgd", "nuqsgd", "alq"):
             assert f"{scheme}:{bits}" in specs and f"{scheme}:{bits}:elias" in specs
         assert f"allreduce-qsgd:{bits}" in specs and f"allreduce-nuqsgd:{bits}" in specs
+        assert f"rs-qsgd:{bits}" in specs and f"rs-nuqsgd:{bits}" in specs
 
 
 @pytest.mark.parametrize("spec, family, algorithm", [
     ("none", "reference", "allreduce"), ("local", "reference", "none"), ("fp16", "pytorch", "allreduce"),
     ("powersgd:4", "pytorch", "allreduce"), ("quant-pertensor", "pytorch", "allgather"),
     ("nuqsgd:4:elias", "commcomp", "allgather"), ("allreduce-qsgd:3", "commcomp", "allreduce"),
+    ("rs-nuqsgd:4", "commcomp", "reduce_scatter"), ("rs-qsgd:3:elias", "commcomp", "reduce_scatter"),
 ])
 def test_contender_classification(spec, family, algorithm):
     c = bench_ddp.contender_for(spec)
@@ -63,6 +65,8 @@ def test_link_bytes_hand_checked():
     assert bench_ddp.link_bytes_per_step("allgather", 100, 2) == 200
     assert bench_ddp.link_bytes_per_step("allgather", 100, 4) == 1200
     assert bench_ddp.link_bytes_per_step("none", 100, 4) == 0
+    # reduce-scatter + all-gather of a compressed bucket N: (p-1)/p N out in each phase per rank
+    assert bench_ddp.link_bytes_per_step("reduce_scatter", 100, 4) == 600
     with pytest.raises(ValueError, match="algorithm"):
         bench_ddp.link_bytes_per_step("broadcast", 1, 2)
     with pytest.raises(ValueError, match="world_size"):
@@ -100,6 +104,7 @@ def test_read_loopback_bytes_parses_proc_net_dev(tmp_path):
     path = tmp_path / "dev"
     path.write_text(text)
     assert bench_ddp.read_loopback_bytes(str(path)) == 67890
+    assert bench_ddp.read_interface_bytes("eth0", str(path)) == 999 + 888  # a veth end: both directions
     path.write_text(text.replace("lo:", "xx:"))
     with pytest.raises(ValueError, match="'lo'"):
         bench_ddp.read_loopback_bytes(str(path))
@@ -158,7 +163,7 @@ def _tiny_rank(rank, world, specs):
 
 
 def test_tiny_two_rank_run_reports_consistent_rows():
-    specs = ["none", "nuqsgd:4", "allreduce-qsgd:4", "powersgd:1"]
+    specs = ["none", "nuqsgd:4", "allreduce-qsgd:4", "powersgd:1", "rs-nuqsgd:4"]
     rows0, rows1 = run_ranks(_tiny_rank, 2, specs, timeout=120)
     by = {r["spec"]: r for r in rows0}
     for r0, r1 in zip(rows0, rows1):
@@ -172,6 +177,8 @@ def test_tiny_two_rank_run_reports_consistent_rows():
     # 4-bit symbols + one fp32 norm per 512 (+ headers): between 1/8 and 1/6 of fp32
     assert 4 * numel / 8 < by["nuqsgd:4"]["payload_bytes_per_rank"] < 4 * numel / 6
     assert by["nuqsgd:4"]["model_link_bytes_per_step"] == 2 * by["nuqsgd:4"]["payload_bytes_per_rank"]
+    # reduce-scatter: the same compressed bucket per rank, on the ring-allreduce byte budget
+    assert 4 * numel / 8 < by["rs-nuqsgd:4"]["payload_bytes_per_rank"] < 4 * numel / 6
 
 
 # -- inside a namespace (root + iproute2 only) ---------------------------------------------------
@@ -205,3 +212,34 @@ def test_measured_link_bytes_match_the_model_in_a_namespace():
     for r in rows:
         # TCP/IP headers on a 64 KiB-MTU loopback, barriers and the size exchange: a few % at most
         assert r["model_link_bytes_per_step"] <= r["link_bytes_per_step"] <= 1.10 * r["model_link_bytes_per_step"] + 20_000
+
+
+@needs_netns
+def test_two_nodes_are_joined_by_a_shaped_link_and_removed_even_on_error():
+    name = f"cctest{os.getpid()}"
+    with pytest.raises(RuntimeError, match="inside"):
+        with bench_ddp.shaped_nodes(name, 0.5) as (a, b):
+            for ns, dev in ((a, "cc0"), (b, "cc1")):
+                qdisc = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", dev],
+                                       capture_output=True, text=True, check=True).stdout
+                assert "tbf" in qdisc and "500Mbit" in qdisc
+            ping = subprocess.run(["ip", "netns", "exec", a, "ping", "-c", "1", "-W", "2", f"{bench_ddp.NODE_SUBNET}2"],
+                                  capture_output=True, text=True)
+            assert ping.returncode == 0 or "not found" in ping.stderr
+            raise RuntimeError("inside")
+    listed = _namespaces()
+    assert f"{name}n0" not in listed and f"{name}n1" not in listed
+
+
+@needs_netns
+def test_bytes_between_two_nodes_match_the_model():
+    # one rank per node: all traffic crosses the veth, so the interface counts every byte
+    cfg = dict(TINY, count_link=True, world_size=2, contenders=["none", "rs-nuqsgd:4"], threads=1, device="cpu",
+               link_check_bytes=1 << 16, port=29512, collective_timeout_s=60, nodes=2, local_ranks=1,
+               master_addr=f"{bench_ddp.NODE_SUBNET}1", interface="cc0")
+    name = f"cctest{os.getpid()}"
+    with bench_ddp.shaped_nodes(name, 10.0) as namespaces:
+        rows, link, error = bench_ddp._run_worker_nodes(cfg, namespaces, timeout_s=180)
+    assert error is None and link is not None and len(rows) == 2
+    for r in rows:
+        assert r["model_link_bytes_per_step"] <= r["link_bytes_per_step"] <= 1.15 * r["model_link_bytes_per_step"] + 40_000
