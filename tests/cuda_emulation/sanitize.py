@@ -46,7 +46,9 @@ def main() -> None:
     lib = harness_build.build(sanitize=args.sanitizer)
     env = dict(os.environ, **harness_build.sanitizer_env(args.sanitizer))
     deselect = ["-k", "not forgotten_barrier"] if args.sanitizer == "thread" else []
-    suite = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *deselect, str(HERE)], env=env, cwd=ROOT)
+    # -s: a sanitizer report printed during a passing test would otherwise stay in pytest's capture.
+    suite = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *deselect, str(HERE)],
+                           env=env, cwd=ROOT)
     probe, out, expected = CONTROLS[args.sanitizer]
     control = subprocess.run([sys.executable, "-c", _CONTROL.format(probe=probe, out=out), str(lib)], env=env, cwd=ROOT,
                              capture_output=True, text=True)
