@@ -2,6 +2,7 @@
 of every op on CUDA tensors, and CUDA against CPU bit for bit where the other GPU tests do not
 look — edge sizes, more payloads than one launch decodes, caller-given norms, and the errors of the
 decoders on corrupt payloads (same bucket, same reason)."""
+
 from __future__ import annotations
 
 import re
@@ -31,7 +32,10 @@ def _opcheck_cases():
             torch.ops.commcomp.dequantize_accumulate.default,
             (torch.zeros(300), [norms, norms], [symbols, symbols], LEVELS, 64, 0.5),
         ),
-        "pack_symbols": (torch.ops.commcomp.pack_symbols.default, (torch.randint(0, 8, (50,), dtype=torch.uint8), 3)),
+        "pack_symbols": (
+            torch.ops.commcomp.pack_symbols.default,
+            (torch.randint(0, 8, (50,), dtype=torch.uint8), 3),
+        ),
         "unpack_symbols": (torch.ops.commcomp.unpack_symbols.default, (symbols, 4, 300)),
         "elias_decode": (torch.ops.commcomp.elias_decode.default, (lengths, stream, 5, 64, 300, 0)),
         "level_stats": (torch.ops.commcomp.level_stats.default, (x, ops.bucket_norms(x, 64, "l2"), 64, 128)),
@@ -40,14 +44,17 @@ def _opcheck_cases():
 
 def _cuda(args):
     return tuple(
-        a.cuda() if isinstance(a, torch.Tensor) else [t.cuda() for t in a] if isinstance(a, list) else a for a in args
+        a.cuda() if isinstance(a, torch.Tensor) else [t.cuda() for t in a] if isinstance(a, list) else a
+        for a in args
     )
 
 
 @pytest.mark.parametrize("case", list(_opcheck_cases()))
 def test_opcheck_on_cuda(case):
     op, args = _opcheck_cases()[case]
-    torch.library.opcheck(op, _cuda(args), test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(
+        op, _cuda(args), test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    )
 
 
 def test_elias_encode_runs_on_cuda_like_cpu():
@@ -66,8 +73,10 @@ def test_bucket_norms_and_level_stats_on_edge_sizes(norm, dtype):
         x = (torch.randn(n) * torch.rand(n).pow(4)).to(dtype)
         norms = ops.bucket_norms(x, 64, norm)
         assert torch.equal(ops.bucket_norms(x.cuda(), 64, norm).cpu(), norms)
-        assert torch.equal(torch.ops.commcomp.level_stats(x.cuda(), norms.cuda(), 64, 1000).cpu(),
-                           torch.ops.commcomp.level_stats(x, norms, 64, 1000))
+        assert torch.equal(
+            torch.ops.commcomp.level_stats(x.cuda(), norms.cuda(), 64, 1000).cpu(),
+            torch.ops.commcomp.level_stats(x, norms, 64, 1000),
+        )
 
 
 def test_quantize_against_given_norms():
@@ -86,7 +95,9 @@ def test_dequantize_accumulate_of_many_payloads(payloads):
     out_cpu, out_gpu = torch.randn(n), None
     out_gpu = out_cpu.cuda()
     ops.dequantize_accumulate(out_cpu, norms, symbols, LEVELS, 64, 0.25)
-    ops.dequantize_accumulate(out_gpu, [t.cuda() for t in norms], [t.cuda() for t in symbols], LEVELS.cuda(), 64, 0.25)
+    ops.dequantize_accumulate(
+        out_gpu, [t.cuda() for t in norms], [t.cuda() for t in symbols], LEVELS.cuda(), 64, 0.25
+    )
     assert torch.equal(out_gpu.cpu(), out_cpu)
 
 
@@ -127,5 +138,7 @@ def test_elias_errors_match_cpu():
             gpu = _error(lambda: ops.elias_decode(lengths.cuda(), s.cuda(), 5, bucket, n, code))
             assert gpu == cpu, (code, trial)
             if cpu is None:
-                assert torch.equal(ops.elias_decode(lengths.cuda(), s.cuda(), 5, bucket, n, code).cpu(),
-                                   ops.elias_decode(lengths, s, 5, bucket, n, code))
+                assert torch.equal(
+                    ops.elias_decode(lengths.cuda(), s.cuda(), 5, bucket, n, code).cpu(),
+                    ops.elias_decode(lengths, s, 5, bucket, n, code),
+                )

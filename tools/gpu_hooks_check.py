@@ -9,6 +9,7 @@ OUT_DIR/hooks_cuda.json; exits nonzero on any failed check. Run by tools/gpu_che
     python tools/gpu_hooks_check.py OUT_DIR [--specs nuqsgd:4 qsgd:8:elias] [--steps 3]
     python tools/gpu_hooks_check.py OUT_DIR --device cpu   # dry run of the checks without a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,9 @@ def _exact_average(rank: int, world: int, steps: int) -> list[torch.Tensor]:
     return out
 
 
-def _rank(rank: int, world: int, port: int, specs: list[str], steps: int, out_dir: str, device_type: str) -> None:
+def _rank(
+    rank: int, world: int, port: int, specs: list[str], steps: int, out_dir: str, device_type: str
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     sys.path.insert(0, str(ROOT))
     torch.set_num_threads(2)
@@ -114,7 +117,9 @@ def _free_port() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--specs", nargs="+", default=DEFAULT_SPECS)
     parser.add_argument("--steps", type=int, default=3)
@@ -125,7 +130,11 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_hooks_check: no CUDA device visible (torch.cuda.is_available() is False)")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_rank, args=(args.world, _free_port(), args.specs, args.steps, str(args.out_dir), args.device), nprocs=args.world)
+    mp.spawn(
+        _rank,
+        args=(args.world, _free_port(), args.specs, args.steps, str(args.out_dir), args.device),
+        nprocs=args.world,
+    )
     reports = [json.loads((args.out_dir / f"hooks_rank{r}.json").read_text()) for r in range(args.world)]
     failures = []
     for spec in args.specs:
@@ -138,16 +147,27 @@ def main() -> None:
                 if not row[check]:
                     failures.append(f"{spec} rank {rank}: {check} is false")
             if not row["rel_error_vs_exact"] <= args.max_rel_error:
-                failures.append(f"{spec} rank {rank}: relative error {row['rel_error_vs_exact']:.3f} > {args.max_rel_error}")
+                failures.append(
+                    f"{spec} rank {rank}: relative error {row['rel_error_vs_exact']:.3f} > {args.max_rel_error}"
+                )
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
-    summary = {"device": args.device, "gpu": gpu, "torch": torch.__version__, "world": args.world,
-               "backend": "gloo", "ranks": reports, "failures": failures}
+    summary = {
+        "device": args.device,
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "world": args.world,
+        "backend": "gloo",
+        "ranks": reports,
+        "failures": failures,
+    }
     (args.out_dir / "hooks_cuda.json").write_text(json.dumps(summary, indent=2))
     for spec in args.specs:
         row = reports[0].get(spec, {})
         if "rel_error_vs_exact" in row:
-            print(f"{spec:24s} rel.err {row['rel_error_vs_exact']:.3f}  cuda==cpu {row['cuda_equals_cpu']}  "
-                  f"{1e3 * row['seconds_per_step_cuda']:.1f} ms/step (cuda)  {1e3 * row['seconds_per_step_cpu']:.1f} ms/step (cpu)")
+            print(
+                f"{spec:24s} rel.err {row['rel_error_vs_exact']:.3f}  cuda==cpu {row['cuda_equals_cpu']}  "
+                f"{1e3 * row['seconds_per_step_cuda']:.1f} ms/step (cuda)  {1e3 * row['seconds_per_step_cpu']:.1f} ms/step (cpu)"
+            )
     if failures:
         sys.exit("gpu_hooks_check FAILED:\n  " + "\n  ".join(failures))
     print(f"gpu_hooks_check: all hooks passed on {args.device}")

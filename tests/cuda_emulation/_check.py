@@ -1,4 +1,5 @@
 """Inputs and bitwise comparisons shared by the CUDA emulation tests."""
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,16 @@ _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 def sizes(bucket_size: int) -> list[int]:
     """1, bucket-1, bucket, bucket+1, several buckets with a partial last one, and enough for
     every grid-stride loop of a capped grid (2-3 blocks of 32-64 threads) to run several times."""
-    return sorted({1, max(1, bucket_size - 1), bucket_size, bucket_size + 1, 5 * bucket_size + bucket_size // 3,
-                   max(41 * bucket_size + 7, 3001)})
+    return sorted(
+        {
+            1,
+            max(1, bucket_size - 1),
+            bucket_size,
+            bucket_size + 1,
+            5 * bucket_size + bucket_size // 3,
+            max(41 * bucket_size + 7, 3001),
+        }
+    )
 
 
 def gradient(n: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
@@ -44,7 +53,12 @@ def level_tables() -> dict[str, torch.Tensor]:
 
 def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
     """Bitwise equality (NaN == NaN whatever its payload, which CPUs and GPUs set differently)."""
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape, (what, actual.dtype, actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, (
+        what,
+        actual.dtype,
+        actual.shape,
+        expected.shape,
+    )
     a, e = actual.contiguous(), expected.contiguous()
     same = a.view(_INT_VIEW[a.element_size()]) == e.view(_INT_VIEW[e.element_size()])
     if a.is_floating_point():

@@ -6,6 +6,7 @@ the CPU ops. Outputs start filled with a poison byte, so anything a kernel fails
 Launches are asynchronous, as on a GPU; every wrapper synchronizes its stream and raises
 :class:`LaunchError` with the harness's diagnosis if a kernel broke a CUDA rule.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -85,7 +86,14 @@ class Emulator:
 
     # ---- harness controls ----
 
-    def configure(self, max_blocks: int = 0, max_threads: int = 0, workers: int = 2, schedule: str = "forward", seed: int = 0) -> None:
+    def configure(
+        self,
+        max_blocks: int = 0,
+        max_threads: int = 0,
+        workers: int = 2,
+        schedule: str = "forward",
+        seed: int = 0,
+    ) -> None:
         if self.lib.emu_configure(max_blocks, max_threads, workers, SCHEDULES[schedule], seed) != 0:
             raise ValueError(f"invalid harness configuration: {max_blocks=} {max_threads=} {workers=}")
 
@@ -107,7 +115,9 @@ class Emulator:
 
     def check(self, rc: int, what: str) -> None:
         if rc != 0:
-            raise LaunchError(f"{what}: {self.lib.emu_error_string(rc).decode()} (error {rc}) {self.error_message()}")
+            raise LaunchError(
+                f"{what}: {self.lib.emu_error_string(rc).decode()} (error {rc}) {self.error_message()}"
+            )
 
     def sync(self, what: str = "synchronize") -> None:
         self.check(self.lib.emu_stream_synchronize(self.stream), what)
@@ -121,26 +131,51 @@ class Emulator:
     def bucket_norms(self, x: torch.Tensor, bucket_size: int, norm: str) -> torch.Tensor:
         norms = poisoned(-(-x.numel() // bucket_size), torch.float32)
         self._run(
-            self.lib.emu_bucket_norms(ptr(x), DTYPES[x.dtype], x.numel(), bucket_size, NORM_KINDS[norm], ptr(norms), self.stream),
+            self.lib.emu_bucket_norms(
+                ptr(x), DTYPES[x.dtype], x.numel(), bucket_size, NORM_KINDS[norm], ptr(norms), self.stream
+            ),
             "bucket_norms",
         )
         return norms
 
-    def quantize(self, x: torch.Tensor, norms: torch.Tensor, levels: torch.Tensor, bucket_size: int, seed: int, offset: int) -> torch.Tensor:
+    def quantize(
+        self,
+        x: torch.Tensor,
+        norms: torch.Tensor,
+        levels: torch.Tensor,
+        bucket_size: int,
+        seed: int,
+        offset: int,
+    ) -> torch.Tensor:
         width = max(1, (levels.numel() - 1).bit_length()) + 1
         symbols = poisoned(-(-x.numel() * width // 8), torch.uint8)
         self._run(
             self.lib.emu_quantize(
-                ptr(x), DTYPES[x.dtype], x.numel(), bucket_size, ptr(norms), ptr(levels), levels.numel(),
-                seed, offset, ptr(symbols), self.stream,
+                ptr(x),
+                DTYPES[x.dtype],
+                x.numel(),
+                bucket_size,
+                ptr(norms),
+                ptr(levels),
+                levels.numel(),
+                seed,
+                offset,
+                ptr(symbols),
+                self.stream,
             ),
             "quantize",
         )
         return symbols
 
     def dequantize_accumulate(
-        self, out: torch.Tensor, norms: Sequence[torch.Tensor], symbols: Sequence[torch.Tensor], levels: torch.Tensor,
-        bucket_size: int, scale: float, assign_first: bool,
+        self,
+        out: torch.Tensor,
+        norms: Sequence[torch.Tensor],
+        symbols: Sequence[torch.Tensor],
+        levels: torch.Tensor,
+        bucket_size: int,
+        scale: float,
+        assign_first: bool,
     ) -> bool:
         """Runs one launch over ``out`` in place; returns the kernel's invalid-symbol flag."""
         invalid = torch.zeros(1, dtype=torch.int32)
@@ -149,14 +184,26 @@ class Emulator:
         symbol_ptrs = (ctypes.c_void_p * max(k, 1))(*[ptr(t) for t in symbols])
         self._run(
             self.lib.emu_dequantize_accumulate(
-                ptr(out), out.numel(), bucket_size, k, ctypes.addressof(norm_ptrs), ctypes.addressof(symbol_ptrs),
-                ptr(levels), levels.numel(), scale, int(assign_first), ptr(invalid), self.stream,
+                ptr(out),
+                out.numel(),
+                bucket_size,
+                k,
+                ctypes.addressof(norm_ptrs),
+                ctypes.addressof(symbol_ptrs),
+                ptr(levels),
+                levels.numel(),
+                scale,
+                int(assign_first),
+                ptr(invalid),
+                self.stream,
             ),
             "dequantize_accumulate",
         )
         return bool(invalid.item())
 
-    def dequantize(self, norms: torch.Tensor, symbols: torch.Tensor, levels: torch.Tensor, bucket_size: int, numel: int) -> tuple[torch.Tensor, bool]:
+    def dequantize(
+        self, norms: torch.Tensor, symbols: torch.Tensor, levels: torch.Tensor, bucket_size: int, numel: int
+    ) -> tuple[torch.Tensor, bool]:
         out = poisoned(numel, torch.float32)
         invalid = self.dequantize_accumulate(out, [norms], [symbols], levels, bucket_size, 1.0, True)
         return out, invalid
@@ -171,29 +218,49 @@ class Emulator:
         self._run(self.lib.emu_unpack(ptr(packed), numel, width, ptr(symbols), self.stream), "unpack")
         return symbols
 
-    def elias_bucket_bytes(self, packed: torch.Tensor, num_levels: int, bucket_size: int, numel: int, code: int) -> tuple[torch.Tensor, int | None]:
+    def elias_bucket_bytes(
+        self, packed: torch.Tensor, num_levels: int, bucket_size: int, numel: int, code: int
+    ) -> tuple[torch.Tensor, int | None]:
         """(bytes per bucket, lowest bucket holding an uncodable symbol or None)."""
         buckets = -(-numel // bucket_size)
         lengths = poisoned(buckets, torch.int64)
         first_bad = torch.full((1,), NO_ERROR, dtype=torch.int64)
         self._run(
-            self.lib.emu_elias_bucket_bytes(ptr(packed), numel, bucket_size, num_levels, code, ptr(lengths), ptr(first_bad), self.stream),
+            self.lib.emu_elias_bucket_bytes(
+                ptr(packed), numel, bucket_size, num_levels, code, ptr(lengths), ptr(first_bad), self.stream
+            ),
             "elias_bucket_bytes",
         )
         bad = int(first_bad.item())
         return lengths, (None if bad == NO_ERROR else bad)
 
-    def elias_write(self, packed: torch.Tensor, num_levels: int, bucket_size: int, numel: int, code: int, lengths: torch.Tensor) -> torch.Tensor:
+    def elias_write(
+        self,
+        packed: torch.Tensor,
+        num_levels: int,
+        bucket_size: int,
+        numel: int,
+        code: int,
+        lengths: torch.Tensor,
+    ) -> torch.Tensor:
         offsets = torch.cumsum(lengths, 0) - lengths  # as the binding: an exclusive prefix sum
         out = poisoned(int(lengths.sum()), torch.uint8)
         self._run(
-            self.lib.emu_elias_write(ptr(packed), numel, bucket_size, num_levels, code, ptr(offsets), ptr(out), self.stream),
+            self.lib.emu_elias_write(
+                ptr(packed), numel, bucket_size, num_levels, code, ptr(offsets), ptr(out), self.stream
+            ),
             "elias_write",
         )
         return out
 
     def elias_decode(
-        self, lengths: torch.Tensor, coded: torch.Tensor, num_levels: int, bucket_size: int, numel: int, code: int
+        self,
+        lengths: torch.Tensor,
+        coded: torch.Tensor,
+        num_levels: int,
+        bucket_size: int,
+        numel: int,
+        code: int,
     ) -> tuple[torch.Tensor, tuple[int, int] | None]:
         """(packed symbols, None) or (unspecified, (lowest failing bucket, its EliasStatus))."""
         width = max(1, (num_levels - 1).bit_length()) + 1
@@ -202,8 +269,16 @@ class Emulator:
         first_error = torch.full((1,), NO_ERROR, dtype=torch.int64)
         self._run(
             self.lib.emu_elias_decode(
-                ptr(coded), ptr(offsets), ptr(lengths), numel, bucket_size, num_levels, code, ptr(packed),
-                ptr(first_error), self.stream,
+                ptr(coded),
+                ptr(offsets),
+                ptr(lengths),
+                numel,
+                bucket_size,
+                num_levels,
+                code,
+                ptr(packed),
+                ptr(first_error),
+                self.stream,
             ),
             "elias_decode",
         )
@@ -220,7 +295,15 @@ class Emulator:
         out = poisoned(bins, torch.float64)
         self._run(
             self.lib.emu_level_stats(
-                ptr(x), DTYPES[x.dtype], x.numel(), ptr(norms), bucket_size, ptr(max_norm), bins, ptr(scratch), ptr(out),
+                ptr(x),
+                DTYPES[x.dtype],
+                x.numel(),
+                ptr(norms),
+                bucket_size,
+                ptr(max_norm),
+                bins,
+                ptr(scratch),
+                ptr(out),
                 self.stream,
             ),
             "level_stats",

@@ -6,6 +6,7 @@ threads resumed in forward, reverse and random order, on the default stream and 
 A test marked ``@pytest.mark.kernels(...)`` fails unless it launched every kernel it names;
 test_emu_coverage.py checks that these marks name every ``__global__`` function of csrc/cuda.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,9 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "kernels(*names): CUDA kernels the test must launch through the harness")
+    config.addinivalue_line(
+        "markers", "kernels(*names): CUDA kernels the test must launch through the harness"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ reference to memory of the running block (C++ has no storage class for "one per 
 
 The library is rebuilt only when a source, header or flag changed (a content hash in ``stamp``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,9 @@ _RUNTIMES = {"address": "libasan.so", "thread": "libtsan.so"}
 SHARED_MARKER = "__commcomp_emu_shared__"  # what include/commcomp_emu/device.h makes of __shared__
 _SHARED_DECL = re.compile(r"(\bextern\s+)?" + SHARED_MARKER + r"\s+([^;{}]*);")
 _ALIGN_ATTR = re.compile(r"__attribute__\s*\(\(\s*aligned\s*\(\s*(\d+)\s*\)\s*\)\)|alignas\s*\(\s*(\d+)\s*\)")
-_DECLARATOR = re.compile(r"(?P<type>.*?[\w>*])\s*\b(?P<name>[A-Za-z_]\w*)\s*(?P<dims>(?:\[[^\[\]]*\])*)", re.S)
+_DECLARATOR = re.compile(
+    r"(?P<type>.*?[\w>*])\s*\b(?P<name>[A-Za-z_]\w*)\s*(?P<dims>(?:\[[^\[\]]*\])*)", re.S
+)
 
 
 class BuildError(RuntimeError):
@@ -58,7 +61,9 @@ def rewrite_shared(text: str, origin: str) -> str:
     def one(match: re.Match) -> str:
         is_extern, decl = match.group(1) is not None, match.group(2)
         if "=" in decl or "," in re.sub(r"\[[^\]]*\]|<[^<>]*>", "", decl):
-            raise BuildError(f"{origin}: unsupported __shared__ declaration (one name, no initializer): {match.group(0)!r}")
+            raise BuildError(
+                f"{origin}: unsupported __shared__ declaration (one name, no initializer): {match.group(0)!r}"
+            )
         align = max((int(a or b) for a, b in _ALIGN_ATTR.findall(decl)), default=0)
         decl = _ALIGN_ATTR.sub(" ", decl).strip()
         d = _DECLARATOR.fullmatch(decl)
@@ -82,21 +87,32 @@ def rewrite_shared(text: str, origin: str) -> str:
     out = _SHARED_DECL.sub(one, text)
     if SHARED_MARKER in out:
         line = out[: out.index(SHARED_MARKER)].count("\n") + 1
-        raise BuildError(f"{origin}: __shared__ used outside a declaration the harness understands (preprocessed line {line})")
+        raise BuildError(
+            f"{origin}: __shared__ used outside a declaration the harness understands (preprocessed line {line})"
+        )
     return out
 
 
 def _flags(sanitize: str | None) -> list[str]:
     """Compiler flags of every object."""
     common = [
-        "-std=c++17", "-fPIC", "-g", "-O1", "-pthread",
+        "-std=c++17",
+        "-fPIC",
+        "-g",
+        "-O1",
+        "-pthread",
         # The same arithmetic as nvcc --fmad=false: no contraction to FMA, IEEE division and sqrt.
-        "-ffp-contract=off", "-fno-math-errno",
-        "-Wall", "-Wextra", "-Werror=return-type",
+        "-ffp-contract=off",
+        "-fno-math-errno",
+        "-Wall",
+        "-Wextra",
+        "-Werror=return-type",
         # nvcc ignores unknown pragmas too (COMMCOMP_UNROLL is "#pragma unroll"); csrc/core has a
         # variable only its host code path uses (scan_symbols' `readable`).
-        "-Wno-unknown-pragmas", "-Wno-unused-variable",
-        f"-I{INCLUDE}", f"-I{CSRC}",
+        "-Wno-unknown-pragmas",
+        "-Wno-unused-variable",
+        f"-I{INCLUDE}",
+        f"-I{CSRC}",
     ]
     if sanitize == "address":
         common += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
@@ -131,12 +147,19 @@ def _fingerprint(cuda_dir: Path, sanitize: str | None, cxx: str) -> str:
 def _run(cmd: list[str]) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise BuildError(f"command failed ({result.returncode}): {' '.join(cmd)}\n{result.stdout}{result.stderr}")
+        raise BuildError(
+            f"command failed ({result.returncode}): {' '.join(cmd)}\n{result.stdout}{result.stderr}"
+        )
     if result.stderr.strip():
         sys.stderr.write(result.stderr)
 
 
-def build(sanitize: str | None = None, cuda_dir: Path | None = None, out_dir: Path | None = None, jobs: int | None = None) -> Path:
+def build(
+    sanitize: str | None = None,
+    cuda_dir: Path | None = None,
+    out_dir: Path | None = None,
+    jobs: int | None = None,
+) -> Path:
     """Builds (if stale) and returns the path of the emulation library."""
     if sanitize not in (None, *SANITIZERS):
         raise ValueError(f"sanitize must be None or one of {SANITIZERS}, got {sanitize!r}")
@@ -166,7 +189,18 @@ def build(sanitize: str | None = None, cuda_dir: Path | None = None, out_dir: Pa
 
     def compile_host(cpp: Path) -> Path:
         obj = out_dir / f"{cpp.stem}.o"
-        _run([cxx, *common, "-DCOMMCOMP_CUDA_EMULATION", f"-I{cuda_dir.parent}", "-c", str(cpp), "-o", str(obj)])
+        _run(
+            [
+                cxx,
+                *common,
+                "-DCOMMCOMP_CUDA_EMULATION",
+                f"-I{cuda_dir.parent}",
+                "-c",
+                str(cpp),
+                "-o",
+                str(obj),
+            ]
+        )
         return obj
 
     jobs = jobs or int(os.environ.get("MAX_JOBS", "2"))
@@ -188,7 +222,9 @@ def sanitizer_env(sanitize: str) -> dict[str, str]:
     cc = os.environ.get("CC", "gcc")
 
     def runtime(name: str) -> str:
-        return subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            [cc, f"-print-file-name={name}"], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     env = {
         "COMMCOMP_EMU_SANITIZE": sanitize,
@@ -202,7 +238,9 @@ def sanitizer_env(sanitize: str) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sanitize", choices=SANITIZERS)
     parser.add_argument("--cuda-dir", type=Path, help="directory of the .cu sources (default csrc/cuda)")
     parser.add_argument("--out", type=Path, help="build directory")

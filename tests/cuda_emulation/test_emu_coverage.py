@@ -1,6 +1,7 @@
 """Every CUDA kernel of csrc/cuda runs through the harness: each ``__global__`` function is named by
 a ``@pytest.mark.kernels`` test (whose fixture checks it really launched), and every launch goes
 through COMMCOMP_LAUNCH, the one macro the harness intercepts."""
+
 from __future__ import annotations
 
 import importlib
@@ -40,7 +41,9 @@ def test_every_kernel_has_a_harness_test():
 @pytest.mark.parametrize("cu", CUDA_SOURCES, ids=lambda p: p.name)
 def test_every_launch_goes_through_the_launch_macro(cu):
     text = cu.read_text()
-    assert "<<<" not in text, f"{cu.name}: launch with <<<...>>> directly; use COMMCOMP_LAUNCH (csrc/cuda/launch.h)"
+    assert (
+        "<<<" not in text
+    ), f"{cu.name}: launch with <<<...>>> directly; use COMMCOMP_LAUNCH (csrc/cuda/launch.h)"
     kernels = set(re.findall(r"__global__\s+void\s+(\w+)", text))
     launched = set(re.findall(r"COMMCOMP_LAUNCH\(\s*(\w+)", text))
     assert kernels <= launched, f"{cu.name}: kernels never launched: {sorted(kernels - launched)}"

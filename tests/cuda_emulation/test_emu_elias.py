@@ -2,6 +2,7 @@
 the decoded symbols bit for bit, the lowest bucket of an uncodable symbol, and the lowest failing
 bucket and reason on corrupt streams (the CPU decoder takes a table-driven fast path the kernels
 do not, so agreement on hostile input is not a given)."""
+
 from __future__ import annotations
 
 import re
@@ -14,7 +15,11 @@ from _check import assert_same_bits, gradient, sizes
 
 CODES = {"gamma": 0, "delta": 1, "omega": 2}
 CASES = [  # (levels, bucket size): widths 2..8, byte-aligned and unaligned buckets
-    (2, 1), (3, 5), (8, 8), (17, 64), (128, 100),
+    (2, 1),
+    (3, 5),
+    (8, 8),
+    (17, 64),
+    (128, 100),
 ]
 
 
@@ -79,7 +84,7 @@ def test_uncodable_symbols_name_the_lowest_bucket(emu, num_levels, bucket_size):
         symbols = symbols_for(n, num_levels, 0.5, seed=trial)
         where = torch.randint(0, n, (3,), generator=g)
         # A signed zero, or an index the table lacks.
-        symbols[where] = torch.tensor([1, num_levels << 1, (2 ** width - 1)], dtype=torch.uint8)
+        symbols[where] = torch.tensor([1, num_levels << 1, (2**width - 1)], dtype=torch.uint8)
         packed = ops.pack_symbols(symbols, width)
         with pytest.raises(ValueError, match=r"symbol in bucket (\d+)") as info:
             ops.elias_encode(packed, num_levels, bucket_size, n, trial % 3)
@@ -95,7 +100,9 @@ def corruptions(lengths: torch.Tensor, stream: torch.Tensor, g: torch.Generator)
     buckets = lengths.numel()
     for _ in range(6):  # bit flips
         s = stream.clone()
-        s[int(torch.randint(0, s.numel(), (1,), generator=g))] ^= 1 << int(torch.randint(0, 8, (1,), generator=g))
+        s[int(torch.randint(0, s.numel(), (1,), generator=g))] ^= 1 << int(
+            torch.randint(0, 8, (1,), generator=g)
+        )
         yield lengths, s
     nonempty = (lengths > 0).nonzero().flatten()
     if nonempty.numel():
@@ -134,7 +141,9 @@ def test_decoders_reject_the_same_corrupt_streams(emu, code, num_levels, bucket_
         packed = ops.pack_symbols(symbols_for(n, num_levels, density, seed=7), width)
         lengths, stream = ops.elias_encode(packed, num_levels, bucket_size, n, CODES[code])
         for bad_lengths, bad_stream in corruptions(lengths, stream, g):
-            decoded, error = emu.elias_decode(bad_lengths, bad_stream, num_levels, bucket_size, n, CODES[code])
+            decoded, error = emu.elias_decode(
+                bad_lengths, bad_stream, num_levels, bucket_size, n, CODES[code]
+            )
             try:
                 expected = ops.elias_decode(bad_lengths, bad_stream, num_levels, bucket_size, n, CODES[code])
             except ValueError as e:

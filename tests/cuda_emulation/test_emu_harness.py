@@ -5,6 +5,7 @@ kernels that break CUDA's rules.
 The semantic tests also run on a real GPU when ``COMMCOMP_PROBE_CUDA_LIB`` names the probes built
 by nvcc (tools/gpu_check.sh does this), so the expectations are the hardware's, not the harness's.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -141,7 +142,9 @@ def test_collectives_of_disjoint_half_warps(probes):
     assert out.cpu().tolist() == [(t + 4 if t % 16 < 12 else t) + 8000 for t in range(64)]
 
 
-@pytest.mark.parametrize("grid,block", [((2, 3, 1), (4, 2, 3)), ((3, 1, 2), (32, 1, 1)), ((1, 1, 1), (8, 8, 16))])
+@pytest.mark.parametrize(
+    "grid,block", [((2, 3, 1), (4, 2, 3)), ((3, 1, 2), (32, 1, 1)), ((1, 1, 1), (8, 8, 16))]
+)
 def test_index_variables_of_3d_launches(probes, grid, block):
     blocks, threads = grid[0] * grid[1] * grid[2], block[0] * block[1] * block[2]
     out = probes.poisoned(6 * blocks * threads, torch.int32)
@@ -225,7 +228,9 @@ def test_capped_grids_shrink_grid_and_block_dimensions(emulator, harness):
     rows = out.view(5 * 64, 6)
     ran = rows[:, 0] != _emu.poisoned(1, torch.int32).item()
     # Two blocks of 32 threads ran (kernels written as grid-stride loops still cover all work).
-    assert int(ran.sum()) == 64 and rows[ran].tolist() == [[b, 0, 0, t, 0, 0] for b in range(2) for t in range(32)]
+    assert int(ran.sum()) == 64 and rows[ran].tolist() == [
+        [b, 0, 0, t, 0, 0] for b in range(2) for t in range(32)
+    ]
 
 
 def test_forgotten_barrier_reads_poisoned_shared_memory(harness):
@@ -286,12 +291,31 @@ def test_float_to_half_and_bfloat16_round_as_cuda(emulator):
     fn = lib.emu_float_to_half_and_bfloat16
     fn.restype, fn.argtypes = None, [_p, ctypes.c_int64, _p, _p]
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([
-        torch.randint(-(2**31), 2**31 - 1, (200000,), generator=g, dtype=torch.int32).view(torch.float32),
-        torch.tensor([0.0, -0.0, 65504.0, 65519.99, 65520.0, 2.0**-24, 2.0**-25, 2.0**-25 * 1.0001, 1e-8, 3.4e38,
-                      float("inf"), -float("inf")]),
-        (torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.float16).float() * (1 + 2.0**-11)),
-    ])
+    x = torch.cat(
+        [
+            torch.randint(-(2**31), 2**31 - 1, (200000,), generator=g, dtype=torch.int32).view(torch.float32),
+            torch.tensor(
+                [
+                    0.0,
+                    -0.0,
+                    65504.0,
+                    65519.99,
+                    65520.0,
+                    2.0**-24,
+                    2.0**-25,
+                    2.0**-25 * 1.0001,
+                    1e-8,
+                    3.4e38,
+                    float("inf"),
+                    -float("inf"),
+                ]
+            ),
+            (
+                torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
+                * (1 + 2.0**-11)
+            ),
+        ]
+    )
     x = x[~torch.isnan(x)]
     h, b = torch.empty(x.numel(), dtype=torch.int16), torch.empty(x.numel(), dtype=torch.int16)
     fn(x.data_ptr(), x.numel(), h.data_ptr(), b.data_ptr())

@@ -1,6 +1,7 @@
 """csrc/cuda/quantize.cu on the CPU harness, bit for bit against the CPU ops: bucket norms,
 quantize, dequantize, dequantize_accumulate, pack and unpack, on sizes 1, bucket-1, bucket,
 bucket+1 and several buckets with a partial last one, under every harness setting (conftest.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,9 @@ TABLES = level_tables()
 def test_bucket_norms(emu, dtype, norm, bucket_size):
     for n in sizes(bucket_size):
         x = gradient(n, dtype, seed=n)
-        assert_same_bits(emu.bucket_norms(x, bucket_size, norm), ops.bucket_norms(x, bucket_size, norm), f"n={n}")
+        assert_same_bits(
+            emu.bucket_norms(x, bucket_size, norm), ops.bucket_norms(x, bucket_size, norm), f"n={n}"
+        )
 
 
 @pytest.mark.kernels("bucket_norms_kernel")
@@ -49,7 +52,9 @@ def test_quantize(emu, table, dtype, norm):
         expected_norms, expected_symbols = ops.quantize(x, levels, bucket_size, norm, seed, offset)
         norms = emu.bucket_norms(x, bucket_size, norm)
         assert_same_bits(norms, expected_norms, f"norms n={n}")
-        assert_same_bits(emu.quantize(x, norms, levels, bucket_size, seed, offset), expected_symbols, f"symbols n={n}")
+        assert_same_bits(
+            emu.quantize(x, norms, levels, bucket_size, seed, offset), expected_symbols, f"symbols n={n}"
+        )
 
 
 @pytest.mark.kernels("quantize_kernel")
@@ -81,13 +86,17 @@ def test_dequantize(emu, table, bucket_size):
 def test_dequantize_accumulate(emu, payloads, scale):
     levels, bucket_size = TABLES["irregular17"], 64
     for n in sizes(bucket_size):
-        quantized = [ops.quantize(gradient(n, seed=k), levels, bucket_size, "linf", 5, k) for k in range(payloads)]
+        quantized = [
+            ops.quantize(gradient(n, seed=k), levels, bucket_size, "linf", 5, k) for k in range(payloads)
+        ]
         norms, symbols = [q[0] for q in quantized], [q[1] for q in quantized]
         start = gradient(n, seed=99)
         expected = start.clone()
         ops.dequantize_accumulate(expected, norms, symbols, levels, bucket_size, scale)
         out = start.clone()
-        assert not emu.dequantize_accumulate(out, norms, symbols, levels, bucket_size, scale, assign_first=False)
+        assert not emu.dequantize_accumulate(
+            out, norms, symbols, levels, bucket_size, scale, assign_first=False
+        )
         assert_same_bits(out, expected, f"n={n}")
 
 
@@ -99,7 +108,9 @@ def test_dequantize_flags_symbols_naming_missing_levels(emu, table):
     norms, symbols = ops.quantize(gradient(n, seed=2), levels, bucket_size, "l2", 1, 0)
     raw = ops.unpack_symbols(symbols, width, n)
     corrupt = raw.clone()
-    corrupt[[3, 500, n - 1]] = torch.tensor([(count << 1) | 1, count << 1, (2 ** (width - 1) - 1) << 1], dtype=torch.uint8)
+    corrupt[[3, 500, n - 1]] = torch.tensor(
+        [(count << 1) | 1, count << 1, (2 ** (width - 1) - 1) << 1], dtype=torch.uint8
+    )
     corrupt_packed = ops.pack_symbols(corrupt, width)
     with pytest.raises(ValueError, match="level index"):
         ops.dequantize(norms, corrupt_packed, levels, bucket_size, n)

@@ -1,5 +1,6 @@
 """csrc/cuda/stats.cu on the CPU harness: level_stats (per-block shared-memory histograms merged
 with 64-bit atomics, then the bin masses) bit for bit against the CPU op."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,7 +34,10 @@ def test_level_stats_with_zero_tiny_and_non_finite_norms(emu):
     norms[4] = 1e-30  # weight below 2^-32 of the largest: vanishes
     norms[5] = norms.nan_to_num(posinf=0).max() * 4  # the reference weight comes from here
     for bins in (3, 512):
-        assert_same_bits(emu.level_stats(x, norms, bucket_size, bins), torch.ops.commcomp.level_stats(x, norms, bucket_size, bins))
+        assert_same_bits(
+            emu.level_stats(x, norms, bucket_size, bins),
+            torch.ops.commcomp.level_stats(x, norms, bucket_size, bins),
+        )
 
 
 @pytest.mark.kernels("level_stats_kernel", "bin_mass_kernel")
