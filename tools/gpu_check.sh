@@ -2,11 +2,11 @@
 # One run of every GPU check on a machine with a CUDA device, in under 8 minutes:
 #   1. build     the CUDA extension in place (COMMCOMP_USE_CUDA=1, for this GPU's architecture)
 #   2. gpu-tests pytest -m gpu: CUDA against CPU bit for bit, opcheck on CUDA (tests/test_cuda_ops.py)
-#   3. probes    the CUDA emulation harness's semantic probes built by nvcc and run on the GPU: the
+#   3. copy      device-to-device copy bandwidth (the roofline of the kernels)
+#   4. bench     benchmarks/bench_kernels.py --device cuda (quantize/dequantize against clone)
+#   5. hooks     the DDP hooks on CUDA tensors: 2 Gloo ranks on one GPU (tools/gpu_hooks_check.py)
+#   6. probes    the CUDA emulation harness's semantic probes built by nvcc and run on the GPU: the
 #                harness's expectations checked against the hardware (tests/cuda_emulation)
-#   4. copy      device-to-device copy bandwidth (the roofline of the kernels)
-#   5. bench     benchmarks/bench_kernels.py --device cuda (quantize/dequantize against clone)
-#   6. hooks     the DDP hooks on CUDA tensors: 2 Gloo ranks on one GPU (tools/gpu_hooks_check.py)
 #   7. sanitize  compute-sanitizer memcheck and racecheck over every op once (where the runtime
 #                supports it; skipped otherwise)
 # Usage: tools/gpu_check.sh OUT_DIR      (PYTHON=... selects the interpreter holding CUDA torch)
@@ -35,8 +35,11 @@ SM=${ARCH/./}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "$PY" - > "$OUT/env.json" <<'EOF'
 import json, platform, subprocess, torch
-smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                     capture_output=True, text=True).stdout.strip()
+try:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+except OSError as e:
+    smi = f"nvidia-smi unavailable: {e}"
 print(json.dumps({"gpu": torch.cuda.get_device_name(0), "capability": torch.cuda.get_device_capability(),
                   "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
                   "nvidia_smi": smi}, indent=2))
@@ -159,10 +162,11 @@ export -f build gpu_tests probes copy_bandwidth bench hooks sanitize
 step build 240 build
 if grep -q '^build	passed' "$RESULTS"; then
   step gpu-tests 150 gpu_tests
-  step probes 120 probes
   step copy 60 copy_bandwidth
   step bench 120 bench
   step hooks 150 hooks
+  # Checks of the checks, last: they are the first to go when the budget runs short.
+  step probes 120 probes
   step sanitize 120 sanitize
 fi
 
