@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install cpp-test cuda-check clean
+.PHONY: demo test install cpp-test cuda-check cuda-emulation cuda-emulation-asan cuda-emulation-tsan clean
 
 $(VENV)/.installed: requirements.txt $(wildcard requirements/*.txt) setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu)
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,10 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/torchrun --nproc_per_node=2 examples/train_digits.py --scheme nuqsgd --bits 4
 
-## test: the full CPU test suite (GPU tests skip without CUDA), C++ core tests included
-test: install cpp-test
-	$(PY) -m pytest -q -m "not slow" tests
+## test: the full CPU test suite (GPU tests skip without CUDA), C++ core tests and the CUDA kernels
+## on the CPU harness included
+test: install cpp-test cuda-emulation
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/cuda_emulation tests
 
 cpp-test:
 	cmake -S . -B build/cpp -DCMAKE_BUILD_TYPE=Release > /dev/null
@@ -31,6 +32,18 @@ cpp-test:
 
 cuda-check: install
 	PATH=$(VENV)/bin:$$PATH bash tools/check_cuda.sh
+
+## cuda-emulation: every kernel of csrc/cuda compiled by the host compiler and run on the CPU
+## harness (tests/cuda_emulation), bit for bit against the CPU ops; -asan / -tsan: the same under
+## AddressSanitizer + UBSan / ThreadSanitizer (a few minutes each; not in CI)
+cuda-emulation: install
+	$(PY) -m pytest -q tests/cuda_emulation
+
+cuda-emulation-asan: install
+	$(PY) tests/cuda_emulation/sanitize.py address
+
+cuda-emulation-tsan: install
+	$(PY) tests/cuda_emulation/sanitize.py thread
 
 clean:
 	rm -rf build $(VENV) commcomp/*.so *.egg-info

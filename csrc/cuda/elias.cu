@@ -72,15 +72,15 @@ cudaError_t launch_elias_bucket_bytes(const uint8_t* packed, const EliasShape& s
                                       int64_t* bucket_bytes, unsigned long long* first_bad,
                                       cudaStream_t stream) {
   if (shape.buckets == 0) return cudaSuccess;
-  elias_bucket_bytes_kernel<<<blocks_for(shape.buckets, kThreads), kThreads, 0, stream>>>(
-      packed, shape, bucket_bytes, first_bad);
+  COMMCOMP_LAUNCH(elias_bucket_bytes_kernel, blocks_for(shape.buckets, kThreads), kThreads, 0,
+                  stream)(packed, shape, bucket_bytes, first_bad);
   return cudaGetLastError();
 }
 
 cudaError_t launch_elias_write(const uint8_t* packed, const EliasShape& shape,
                                const int64_t* offsets, uint8_t* stream_out, cudaStream_t stream) {
   if (shape.buckets == 0) return cudaSuccess;
-  elias_write_kernel<<<blocks_for(shape.buckets, kThreads), kThreads, 0, stream>>>(
+  COMMCOMP_LAUNCH(elias_write_kernel, blocks_for(shape.buckets, kThreads), kThreads, 0, stream)(
       packed, shape, offsets, stream_out);
   return cudaGetLastError();
 }
@@ -92,7 +92,7 @@ cudaError_t launch_elias_decode(const uint8_t* coded, const int64_t* offsets,
   if (shape.buckets == 0) return cudaSuccess;
   const int64_t per_chunk = buckets_per_aligned_chunk(shape.bucket_size, shape.width);
   const int64_t chunks = (shape.buckets + per_chunk - 1) / per_chunk;
-  elias_decode_kernel<<<blocks_for(chunks, kThreads), kThreads, 0, stream>>>(
+  COMMCOMP_LAUNCH(elias_decode_kernel, blocks_for(chunks, kThreads), kThreads, 0, stream)(
       coded, offsets, bucket_bytes, shape, per_chunk, chunks, packed, first_error);
   return cudaGetLastError();
 }

@@ -11,6 +11,17 @@
 #include "../core/levels.h"
 #include "../core/quantize.h"
 
+// Every kernel launch in csrc/cuda is written COMMCOMP_LAUNCH(kernel, grid, block, smem, stream)
+// (args...). nvcc sees kernel<<<grid, block, smem, stream>>>(args...); the CPU harness of
+// tests/cuda_emulation compiles these same sources with the host compiler, defines
+// COMMCOMP_CUDA_EMULATION and receives a call that runs the kernel's threads on the CPU.
+#if defined(COMMCOMP_CUDA_EMULATION)
+#define COMMCOMP_LAUNCH(kernel, grid, block, smem, stream) \
+  ::commcomp_emu::launch(#kernel, kernel, grid, block, smem, stream)
+#else
+#define COMMCOMP_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#endif
+
 namespace commcomp {
 namespace cuda {
 

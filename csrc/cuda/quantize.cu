@@ -122,8 +122,8 @@ cudaError_t norms_typed(const void* x, int64_t n, int64_t bucket_size, NormKind 
                         float* norms, cudaStream_t stream) {
   const int64_t buckets = (n + bucket_size - 1) / bucket_size;
   if (buckets == 0) return cudaSuccess;
-  bucket_norms_kernel<T><<<blocks_for(buckets, kThreads / kNormLanes), kThreads, 0, stream>>>(
-      static_cast<const T*>(x), n, bucket_size, buckets, kind, norms);
+  COMMCOMP_LAUNCH(bucket_norms_kernel<T>, blocks_for(buckets, kThreads / kNormLanes), kThreads, 0,
+                  stream)(static_cast<const T*>(x), n, bucket_size, buckets, kind, norms);
   return cudaGetLastError();
 }
 
@@ -132,7 +132,7 @@ cudaError_t quantize_typed(const void* x, int64_t n, int64_t bucket_size, const 
                            const LevelTable& table, uint64_t seed, uint64_t offset,
                            int64_t first_group, uint8_t* symbols, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  quantize_kernel<T><<<blocks_for(group_count(n), kThreads), kThreads, 0, stream>>>(
+  COMMCOMP_LAUNCH(quantize_kernel<T>, blocks_for(group_count(n), kThreads), kThreads, 0, stream)(
       static_cast<const T*>(x), n, bucket_size, norms, table, seed, offset, first_group, symbols);
   return cudaGetLastError();
 }
@@ -173,24 +173,24 @@ cudaError_t launch_dequantize_accumulate(float* out, int64_t n, int64_t bucket_s
                                          float scale, bool assign_first, int* invalid,
                                          cudaStream_t stream) {
   if (n == 0 || payloads.count == 0) return cudaSuccess;
-  dequantize_accumulate_kernel<<<blocks_for(group_count(n), kThreads), kThreads, 0, stream>>>(
-      out, n, bucket_size, payloads, table, scale, assign_first, invalid);
+  COMMCOMP_LAUNCH(dequantize_accumulate_kernel, blocks_for(group_count(n), kThreads), kThreads, 0,
+                  stream)(out, n, bucket_size, payloads, table, scale, assign_first, invalid);
   return cudaGetLastError();
 }
 
 cudaError_t launch_pack(const uint8_t* symbols, int64_t n, int width, uint8_t* packed,
                         cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  pack_kernel<<<blocks_for(group_count(n), kThreads), kThreads, 0, stream>>>(symbols, n, width,
-                                                                             packed);
+  COMMCOMP_LAUNCH(pack_kernel, blocks_for(group_count(n), kThreads), kThreads, 0, stream)(
+      symbols, n, width, packed);
   return cudaGetLastError();
 }
 
 cudaError_t launch_unpack(const uint8_t* packed, int64_t n, int width, uint8_t* symbols,
                           cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  unpack_kernel<<<blocks_for(group_count(n), kThreads), kThreads, 0, stream>>>(packed, n, width,
-                                                                               symbols);
+  COMMCOMP_LAUNCH(unpack_kernel, blocks_for(group_count(n), kThreads), kThreads, 0, stream)(
+      packed, n, width, symbols);
   return cudaGetLastError();
 }
 

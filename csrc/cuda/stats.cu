@@ -59,7 +59,7 @@ void launch_typed(const T* x, int64_t n, const float* norms, int64_t bucket_size
                   const float* max_norm, int bins, unsigned long long* scratch,
                   cudaStream_t stream) {
   const size_t shared = static_cast<size_t>(bins) * sizeof(unsigned long long);
-  level_stats_kernel<T><<<blocks_for(n, kThreads), kThreads, shared, stream>>>(
+  COMMCOMP_LAUNCH(level_stats_kernel<T>, blocks_for(n, kThreads), kThreads, shared, stream)(
       x, n, norms, bucket_size, max_norm, bins, scratch);
 }
 
@@ -88,8 +88,8 @@ cudaError_t launch_level_stats(const void* x, DType dtype, int64_t n, const floa
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  bin_mass_kernel<<<blocks_for(bins, kThreads), kThreads, 0, stream>>>(scratch, max_norm, bins,
-                                                                       out);
+  COMMCOMP_LAUNCH(bin_mass_kernel, blocks_for(bins, kThreads), kThreads, 0, stream)(
+      scratch, max_norm, bins, out);
   return cudaGetLastError();
 }
 
