@@ -162,3 +162,23 @@ def test_the_finite_check_runs_once_per_aggregation(monkeypatch):
     calls.clear()
     aggregators.aggregate_untrusted(composite[0], g, 2)
     assert calls == [g.shape]
+
+
+# ---------------------------------------------------------------- quantized payloads
+
+
+def test_quantized_transport_is_unbiased_and_turns_refused_rows_invalid():
+    from commcomp import NUQSGD
+    from commcomp.robust import aggregate_untrusted
+    from commcomp.robust.simulation import quantized_transport
+
+    transport = quantized_transport(NUQSGD(4, 64), seed=3)
+    g = torch.randn(4, 256, generator=torch.Generator().manual_seed(4))
+    mean = torch.stack([transport(g, step) for step in range(400)]).mean(0)
+    # NUQSGD is unbiased: 400 draws average back to the rows (tolerance ~ 5 standard errors)
+    assert (mean - g).abs().max() < 0.35 and (mean - g).abs().mean() < 0.06
+    assert not torch.equal(transport(g, 0), transport(g, 1))  # the step is the stream offset
+    huge = torch.cat([g, torch.full((1, 256), 3e37)])  # finite, but its norm overflows fp32
+    sent = transport(huge, 0)
+    assert torch.isnan(sent[4]).all() and torch.isfinite(sent[:4]).all()
+    assert aggregate_untrusted(CoordinateMedian(), sent, 1).bad.tolist() == [False] * 4 + [True]

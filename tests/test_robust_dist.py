@@ -61,7 +61,7 @@ def _fixed_parameters(rank):
     # every bucket has 4 rows left (b = 2 trims, keep = 5 and m = 5 must shrink)
     mix = MixTailor([TrimmedMean(b=2), MeanAroundMedian(keep=5), Krum(m=5)])
     state = RobustAggregationState(mix, tolerance=1, byzantine_ranks=[4], attack=NonFinite())
-    out = _train(rank, state, 20)
+    out = _train(rank, state, 30)  # 30 uniform draws miss one of 3 rules with p = 1.5e-5
     out["counts"] = list(mix.counts)
     return out
 
@@ -78,6 +78,21 @@ def _over_budget(rank):
 
     out = _train(rank, state, 2, on_step=skip_like_amp)
     return {"grads": grads, "state": out["state"], "params": out["params"]}
+
+
+class _Refusing(TensorCodec):
+    """A codec that refuses every tensor (as a quantizer refuses a row whose norm overflows)."""
+
+    def encode(self, tensor):
+        raise ValueError("norm overflows float32")
+
+
+def _refused(rank):
+    # rank 2's own codec refuses its finite gradient: it sends the non-finite marker instead of
+    # crashing, and the others drop its row
+    codec = (_Refusing if rank == 2 else TensorCodec)(NUQSGD(4, 256), seed=rank)
+    state = RobustAggregationState(CoordinateMedian(), tolerance=1, codec=codec)
+    return _train(rank, state, 3)
 
 
 def _commit_reveal(rank):
@@ -161,6 +176,7 @@ def _all_scenarios(rank, world):
     return {
         "fixed": _fixed_parameters(rank),
         "over_budget": _over_budget(rank),
+        "refused": _refused(rank),
         "commit_reveal": _commit_reveal(rank),
         "bad_reveal": _bad_reveal(rank),
         "late_peer": _late_peer(rank),
@@ -183,9 +199,9 @@ def test_fixed_size_rules_survive_a_dropped_row_on_every_rank(results):
     _same_params(results, "fixed")
     for r in results:
         out = r["fixed"]
-        assert out["state"]["rejected"] == [0, 0, 0, 0, 20] and out["state"]["skipped_buckets"] == 0
+        assert out["state"]["rejected"] == [0, 0, 0, 0, 30] and out["state"]["skipped_buckets"] == 0
         assert out["after"] < 0.8 * out["before"]
-        assert sum(out["counts"]) == 20 and min(out["counts"]) > 0  # every fixed-size rule ran
+        assert sum(out["counts"]) == 30 and min(out["counts"]) > 0  # every fixed-size rule ran
 
 
 def test_more_invalid_rows_than_f_give_a_nan_bucket_and_are_counted(results):
@@ -194,6 +210,13 @@ def test_more_invalid_rows_than_f_give_a_nan_bucket_and_are_counted(results):
         assert all(bool(torch.isnan(g).all()) for g in out["grads"])  # AMP's GradScaler skips these
         assert out["state"]["skipped_buckets"] == 2 and out["state"]["rejected"] == [0, 0, 0, 2, 2]
         assert torch.equal(out["params"], _flat(_model()))  # both steps skipped, nothing crashed
+
+
+def test_a_row_the_local_codec_refuses_is_sent_as_the_marker(results):
+    _same_params(results, "refused")
+    for r in results:
+        assert r["refused"]["state"]["rejected"] == [0, 0, 3, 0, 0]
+        assert r["refused"]["state"]["skipped_buckets"] == 0
 
 
 def test_commit_reveal_draws_agree_and_parameters_stay_identical(results):

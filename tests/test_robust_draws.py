@@ -1,8 +1,7 @@
 """MixTailor in a real job: seeds with entropy, pools that grow and are fingerprinted, attackers
 that only see the pool, and the commit-reveal draw (single process; the multi-rank behaviour is
 in test_robust_dist.py)."""
-import math
-import os
+import hashlib
 
 import pytest
 import torch
@@ -43,7 +42,7 @@ def test_default_seeds_carry_entropy_and_explicit_seeds_reproduce():
 
 
 def test_index_from_digest_is_uniform_and_respects_weights():
-    digests = [os.urandom(32) for _ in range(6000)]
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(6000)]  # fixed: no flakes
     counts = [0] * 5
     for dg in digests:
         counts[index_from_digest(dg, 5)] += 1
@@ -157,7 +156,8 @@ def test_one_honest_nonce_makes_the_draw_uniform_whatever_the_others_send():
     fixed = [b"\x00" * 32, b"\x01" * 32, b"\x02" * 32]
     counts = [0] * 7
     for step in range(4000):
-        digest = draws.draw_digest(step, [draws.fresh_nonce()] + fixed)
+        honest = hashlib.sha256(b"honest %d" % step).digest()  # stands in for a fresh nonce
+        digest = draws.draw_digest(step, [honest] + fixed)
         counts[index_from_digest(digest, 7)] += 1
     assert chi2(counts, [1 / 7] * 7) < 22.5  # chi-square(6), 99.9th percentile
     # and the same nonces give the same digest on every rank, a different one at another step

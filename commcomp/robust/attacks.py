@@ -262,7 +262,9 @@ class AdaptiveIPM(Attack):
         return (-best_eps * mu).expand(f, -1).clone()
 
 
-def _defence_members(attack: str, aggregator: Any, probes: int | None, generator: torch.Generator | None) -> tuple[list[Aggregator], list[float]]:
+def _defence_members(
+    attack: str, aggregator: Any, probes: int | None, generator: torch.Generator | None
+) -> tuple[list[Aggregator], list[float]]:
     """The rules an attacker evaluates, as deep copies (stateful rules are not advanced), and
     the weight of each in its objective: the rule itself, or a MixTailor view's pool (a fresh
     random subset of ``probes`` members per call, drawn by the pool's weights, when given)."""
@@ -281,7 +283,8 @@ def _defence_members(attack: str, aggregator: Any, probes: int | None, generator
         if weights is None:
             pick = torch.randperm(len(members), generator=generator)[:probes].tolist()
         else:
-            pick = torch.multinomial(torch.tensor(weights, dtype=torch.float64), probes, replacement=True, generator=generator).tolist()
+            probs = torch.tensor(weights, dtype=torch.float64)
+            pick = torch.multinomial(probs, probes, replacement=True, generator=generator).tolist()
         members, weights = [members[i] for i in pick], None
     weights = [1.0 / len(members)] * len(members) if weights is None else list(weights)
     return [copy.deepcopy(a) for a in members], weights
@@ -346,15 +349,20 @@ class _OptimalAttack(Attack):
     @abc.abstractmethod
     def _rows(self, honest: torch.Tensor, f: int, factor: float) -> torch.Tensor: ...
 
-    def harm(self, honest: torch.Tensor, f: int, factor: float, members: Sequence[Aggregator], weights: Sequence[float], tolerance: int) -> float:
+    def harm(
+        self, honest: torch.Tensor, f: int, factor: float,
+        members: Sequence[Aggregator], weights: Sequence[float], tolerance: int,
+    ) -> float:
         """The objective: weighted mean of ``||rule(honest + attack(factor)) - mean(honest)||``."""
         mu = honest.mean(dim=0)
         stack = torch.cat([honest, self._rows(honest, f, factor).to(honest.dtype)])
-        return sum(w * float(torch.linalg.vector_norm(a._apply(stack, tolerance) - mu)) for a, w in zip(members, weights))
+        distances = (torch.linalg.vector_norm(a._apply(stack, tolerance) - mu) for a in members)
+        return sum(w * float(dist) for w, dist in zip(weights, distances))
 
     def _craft(self, honest, f, own, aggregator, tolerance, generator):
         members, weights = _defence_members(self.name, aggregator, self.probes, generator)
-        factor = line_maximize(lambda t: self.harm(honest, f, t, members, weights, tolerance), self.low, self.high, self.evals)
+        objective = lambda t: self.harm(honest, f, t, members, weights, tolerance)  # noqa: E731
+        factor = line_maximize(objective, self.low, self.high, self.evals)
         self.last_factor = factor
         return self._rows(honest, f, factor)
 

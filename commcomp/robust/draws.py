@@ -129,7 +129,9 @@ class StepDraw:
         return tuple(a or b for a, b in zip(self.bad_reveal, self.other_pool))
 
 
-def settle(step: int, commitments: Sequence[bytes | None], reveals: Sequence[bytes], tolerance: int, own_rank: int) -> StepDraw:
+def settle(
+    step: int, commitments: Sequence[bytes | None], reveals: Sequence[bytes], tolerance: int, own_rank: int
+) -> StepDraw:
     """Check every reveal (``nonce || pool fingerprint``) and derive the step's draw.
 
     Raises :class:`PoolMismatchError` if no pool fingerprint is held by ``world - tolerance``
@@ -143,7 +145,8 @@ def settle(step: int, commitments: Sequence[bytes | None], reveals: Sequence[byt
     held = Counter(pools).most_common()
     agreed = held[0][0] if held[0][1] >= world - tolerance and (len(held) == 1 or held[1][1] < held[0][1]) else None
     if agreed is None:
-        summary = ", ".join(f"ranks {[r for r in range(world) if pools[r] == fp]} hold pool {fp.hex()[:12]}" for fp, _ in held)
+        holders = {fp: [r for r in range(world) if pools[r] == fp] for fp, _ in held}
+        summary = ", ".join(f"ranks {ranks} hold pool {fp.hex()[:12]}" for fp, ranks in holders.items())
         raise PoolMismatchError(
             f"MixTailor: ranks disagree on the pool ({summary}); no pool is held by world - f = {world - tolerance} "
             "ranks. Build the same pool (members, parameters and weights) on every rank."

@@ -227,7 +227,9 @@ def _byte_tensor(data: bytes, device: torch.device) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
 
 
-def _send_rows(state: RobustAggregationState, wire: BucketWire, stage: int, row: torch.Tensor, trailer: bytes | None) -> torch.futures.Future:
+def _send_rows(
+    state: RobustAggregationState, wire: BucketWire, stage: int, row: torch.Tensor, trailer: bytes | None
+) -> torch.futures.Future:
     """Gather every rank's row (fp32, or through ``state.codec``) with an optional fixed-size
     ``trailer`` (the commitment) appended to the frame. The future's value is ``(rows,
     trailers)``: fp32 rows (NaN for undecodable ones) and each rank's trailer (``None`` if
@@ -244,13 +246,16 @@ def _send_rows(state: RobustAggregationState, wire: BucketWire, stage: int, row:
             lambda frames: ([f[:width].view(torch.float32) for f in frames], [_as_bytes(f[width:]) for f in frames]),
         )
     codec = state.codec
+    frame = make_frame(None)  # the non-finite marker, unless the row encodes
     if bool(torch.isfinite(row).all()):
-        payload = codec.encode(row)
-        if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or payload.dim() != 1:
-            raise ValueError("codec.encode must return a 1-D uint8 tensor")
-        frame = make_frame(payload)
-    else:
-        frame = make_frame(None)
+        try:
+            payload = codec.encode(row)
+        except ValueError:
+            payload = None  # finite, but the codec refuses it (e.g. its norm overflows fp32)
+        if payload is not None:
+            if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or payload.dim() != 1:
+                raise ValueError("codec.encode must return a 1-D uint8 tensor")
+            frame = make_frame(payload)
     if trailer is not None:
         frame = torch.cat([frame, _byte_tensor(trailer, frame.device)])
     cap = (state.max_payload_bytes or 8 * numel + 4096) + size
@@ -284,7 +289,9 @@ def _revealed_nonce(nonce: bytes) -> bytes:
     return nonce
 
 
-def _start_reveal(state: RobustAggregationState, wire: BucketWire, stage: int, rnd: _Round, step: int, rank: int) -> None:
+def _start_reveal(
+    state: RobustAggregationState, wire: BucketWire, stage: int, rnd: _Round, step: int, rank: int
+) -> None:
     """From the last bucket's body: once every bucket of the iteration is gathered, reveal the
     nonce and the pool fingerprint on ``stage``, settle the draw and hand it to ``rnd.draw``."""
     world, device = wire.group.world, wire.device
@@ -302,7 +309,8 @@ def _start_reveal(state: RobustAggregationState, wire: BucketWire, stage: int, r
 
     def settle(_: Any) -> tuple[draws.StepDraw, int]:
         commitments = rnd.rows[0].value()[1]
-        outcome = draws.settle(step, commitments, [_as_bytes(r) for r in reveals.view(world, -1)], state.tolerance, rank)
+        revealed = [_as_bytes(r) for r in reveals.view(world, -1)]
+        outcome = draws.settle(step, commitments, revealed, state.tolerance, rank)
         for r, bad in enumerate(outcome.invalid):
             state.bad_reveals[r] += int(bad)
         index = aggregator.draw(outcome.digest)

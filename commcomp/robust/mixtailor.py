@@ -112,7 +112,8 @@ class PoolView:
 
 def _check_weights(weights: Sequence[float], size: int) -> list[float]:
     w = [float(x) for x in weights]
-    if len(w) != size or any(not (x >= 0 and math.isfinite(x)) for x in w) or not math.isclose(sum(w), 1.0, rel_tol=1e-6):
+    valid = len(w) == size and all(x >= 0 and math.isfinite(x) for x in w)
+    if not valid or not math.isclose(sum(w), 1.0, rel_tol=1e-6):
         raise ValueError(f"weights must be {size} non-negative probabilities summing to 1")
     total = sum(w)
     return [x / total for x in w]
@@ -204,7 +205,8 @@ class MixTailor(Aggregator):
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).digest()
 
     def attacker_view(self) -> PoolView:
-        return PoolView(tuple(copy.deepcopy(a) for a in self.pool), None if self.weights is None else tuple(self.weights), self.name)
+        weights = None if self.weights is None else tuple(self.weights)
+        return PoolView(tuple(copy.deepcopy(a) for a in self.pool), weights, self.name)
 
     # -- Aggregator --------------------------------------------------------------------------
     def member(self, index: int) -> Aggregator:

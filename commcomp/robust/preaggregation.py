@@ -121,7 +121,8 @@ class StaticClipping(_Wrapper):
 
     def __init__(self, inner: Aggregator, threshold: float = 1.0) -> None:
         super().__init__(inner)
-        if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0 and math.isfinite(threshold)):
+        number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+        if not (number and threshold > 0 and math.isfinite(threshold)):
             raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
         self.threshold = float(threshold)
         self.name = f"clipping(c={self.threshold:g},{inner.name})"

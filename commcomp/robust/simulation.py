@@ -240,7 +240,8 @@ def simulate(
 def quantized_transport(quantizer: "Quantizer", seed: int = 0) -> Transport:
     """Every row quantized and dequantized by ``quantizer`` (e.g. ``NUQSGD(4, 512)``: the
     4-bit payloads of the DDP hook's codec), worker ``i`` with its own Philox stream and the
-    step as offset; non-finite rows pass unchanged (the hook sends those as a marker).
+    step as offset. Rows the quantizer refuses (inf/NaN, or a norm that overflows fp32) arrive
+    as NaN: the hook sends those as the non-finite marker, an invalid row.
 
     >>> import torch
     >>> from commcomp import NUQSGD
@@ -256,10 +257,11 @@ def quantized_transport(quantizer: "Quantizer", seed: int = 0) -> Transport:
     def transport(rows: torch.Tensor, step: int) -> torch.Tensor:
         out = []
         for i, row in enumerate(rows):
-            if not bool(torch.isfinite(row).all()):
-                out.append(row)
+            try:
+                q = quantizer.quantize(row.float().contiguous(), seed=seed * 1_000_003 + i, offset=step)
+            except ValueError:  # not finite, or its norm overflows
+                out.append(torch.full_like(row, float("nan")))
                 continue
-            q = quantizer.quantize(row.float().contiguous(), seed=seed * 1_000_003 + i, offset=step)
             out.append(quantizer.dequantize(q).to(rows.dtype))
         return torch.stack(out)
 
