@@ -15,7 +15,13 @@ are identical to a single-process run because each cell is seeded by its own con
     python examples/mixtailor_digits.py --full             # digits + mnist1d, 1000 steps, 3 seeds
     torchrun --nproc_per_node=2 examples/mixtailor_digits.py
 
-Writes ``results.json`` and ``accuracy.png`` under ``--out-dir``.
+Writes ``results.json`` and ``accuracy.png`` under ``--out-dir``. The worst-case table over
+every attack at n = 10, f = 1, 2, 3 (fp32 and 4-bit payloads, 3 seeds) is
+``benchmarks/bench_robust.py``.
+
+Attackers receive ``aggregator.attacker_view()`` (MixTailor: the pool, never its seed); the seed
+given to MixTailor here is the cell's, so runs are reproducible. In a DDP job the hook draws
+MixTailor's rules by commit-reveal instead (docs/robust.md).
 """
 from __future__ import annotations
 
@@ -33,14 +39,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from commcomp.robust import (  # noqa: E402
     ALIE,
+    CAF,
     IPM,
+    MDA,
     AdaptiveIPM,
     Bulyan,
+    CenteredClipping,
     CoordinateMedian,
     GeometricMedian,
     Krum,
     Mean,
     MixTailor,
+    OptimalALIE,
+    OptimalIPM,
     build_pool,
 )
 from commcomp.robust.simulation import SimulationConfig, simulate  # noqa: E402
@@ -54,7 +65,10 @@ ATTACKS = {
     "ipm_10": lambda: IPM(10.0),
     "alie_1.5": lambda: ALIE(1.5),
     "adaptive": AdaptiveIPM,
+    "opt_ipm": OptimalIPM,
+    "opt_alie": OptimalALIE,
 }
+DEFAULT_ATTACKS = ["none", "ipm_0.1", "ipm_10", "alie_1.5", "adaptive"]
 
 
 def make_aggregator(name: str, norms: list[float], seed: int):
@@ -66,10 +80,14 @@ def make_aggregator(name: str, norms: list[float], seed: int):
         "krum": Krum,
         "geomed": GeometricMedian,
         "bulyan": Bulyan,
+        "cclip": CenteredClipping,
+        "mda": MDA,
+        "caf": CAF,
     }[name]()
 
 
-AGGREGATORS = ["mean", "median", "krum", "geomed", "bulyan", "mixtailor"]
+AGGREGATORS = ["mean", "median", "krum", "geomed", "bulyan", "cclip", "mda", "caf", "mixtailor"]
+DEFAULT_AGGREGATORS = ["mean", "median", "krum", "geomed", "bulyan", "mixtailor"]
 
 
 def make_model(in_features: int, num_classes: int, hidden: int, seed: int) -> torch.nn.Module:
@@ -104,6 +122,8 @@ def run_cell(cell: tuple[str, str, str, int], args: argparse.Namespace, device: 
         attack = None
     elif attack_name == "adaptive":
         attack = AdaptiveIPM(probes=args.adaptive_probes or None)
+    elif attack_name in ("opt_ipm", "opt_alie"):
+        attack = ATTACKS[attack_name](probes=args.adaptive_probes or None)
     else:
         attack = ATTACKS[attack_name]()
     model = make_model(train.x.shape[1], train.num_classes, args.hidden, seed)
@@ -143,14 +163,14 @@ def main() -> None:
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--adaptive-probes", type=int, default=6,
-                        help="pool members the adaptive attacker evaluates per step against MixTailor "
+                        help="pool members the adaptive and optimal attackers evaluate per step against MixTailor "
                         "(a fresh random subset each step; 0 = the whole pool)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per cell (mean is reported)")
     parser.add_argument("--norms", type=parse_norms, default=parse_norms("1-16"),
                         help="p-norms of the Krum/Bulyan members of the MixTailor pool, '1-16' or '1,2,8'")
-    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS),
+    parser.add_argument("--attacks", nargs="+", default=DEFAULT_ATTACKS, choices=list(ATTACKS),
                         help="a subset of the table's columns")
-    parser.add_argument("--aggregators", nargs="+", default=AGGREGATORS, choices=AGGREGATORS,
+    parser.add_argument("--aggregators", nargs="+", default=DEFAULT_AGGREGATORS, choices=AGGREGATORS,
                         help="a subset of the table's rows")
     parser.add_argument("--full", action="store_true", help="digits + mnist1d, 1000 steps, 3 seeds")
     args = parser.parse_args()

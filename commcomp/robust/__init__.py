@@ -1,11 +1,14 @@
 """Byzantine-robust gradient aggregation, attacks, and MixTailor.
 
-* :mod:`~commcomp.robust.aggregators`: mean, coordinate median, trimmed mean, Krum /
-  Multi-Krum (any p-norm), geometric median, Bulyan, centered clipping.
-* :mod:`~commcomp.robust.preaggregation`: bucketing, nearest-neighbour mixing.
-* :mod:`~commcomp.robust.mixtailor`: a uniformly random rule from a pool at every step.
+* :mod:`~commcomp.robust.aggregators`: mean, coordinate median, trimmed mean, mean around the
+  median, Krum / Multi-Krum (any p-norm), geometric median, Bulyan, centered clipping, MDA,
+  SMEA, MoNNA, CAF; :func:`aggregate_untrusted` for rows that may be invalid.
+* :mod:`~commcomp.robust.preaggregation`: bucketing, nearest-neighbour mixing, static
+  clipping, adaptive robust clipping (ARC).
+* :mod:`~commcomp.robust.mixtailor`: a random rule from a pool at every step.
+* :mod:`~commcomp.robust.draws`: the commit-reveal draw MixTailor uses in a DDP job.
 * :mod:`~commcomp.robust.attacks`: sign flip, Gaussian, IPM, ALIE, label flip, mimic, NaN,
-  and the adaptive (tailored) IPM attacker.
+  the adaptive (tailored) IPM attacker and the line-search "optimal" IPM / ALIE.
 * :mod:`~commcomp.robust.simulation`: n workers in one process (the papers' setting).
 * :mod:`~commcomp.robust.hook`: a DDP comm hook that all-gathers (optionally compressed)
   gradients and aggregates them robustly, with simulated Byzantine ranks.
@@ -16,11 +19,15 @@ Example::
     >>> from commcomp.robust import MixTailor, build_pool, ALIE
     >>> honest = torch.randn(10, 5)
     >>> grads = torch.cat([honest, ALIE(z=1.5)(honest, f=2)])
-    >>> rule = MixTailor(build_pool(norms=[1, 2]), seed=0)
+    >>> rule = MixTailor(build_pool(norms=[1, 2]))
     >>> rule(grads, f=2).shape
     torch.Size([5])
 """
 from .aggregators import (
+    CAF,
+    MDA,
+    SMEA,
+    Aggregation,
     Aggregator,
     Bulyan,
     CenteredClipping,
@@ -29,7 +36,9 @@ from .aggregators import (
     Krum,
     Mean,
     MeanAroundMedian,
+    MoNNA,
     TrimmedMean,
+    aggregate_untrusted,
 )
 from .attacks import (
     ALIE,
@@ -40,15 +49,19 @@ from .attacks import (
     LabelFlip,
     Mimic,
     NonFinite,
+    OptimalALIE,
+    OptimalIPM,
     SignFlip,
     flip_labels,
 )
-from .mixtailor import MixTailor, build_pool
-from .preaggregation import Bucketing, NearestNeighborMixing
+from .mixtailor import MixTailor, PoolView, build_pool
+from .preaggregation import ARC, Bucketing, NearestNeighborMixing, StaticClipping
 from .validation import sanitize
 
 __all__ = [
     "Aggregator",
+    "Aggregation",
+    "aggregate_untrusted",
     "Mean",
     "CoordinateMedian",
     "TrimmedMean",
@@ -57,9 +70,16 @@ __all__ = [
     "GeometricMedian",
     "Bulyan",
     "CenteredClipping",
+    "MDA",
+    "SMEA",
+    "MoNNA",
+    "CAF",
     "Bucketing",
     "NearestNeighborMixing",
+    "StaticClipping",
+    "ARC",
     "MixTailor",
+    "PoolView",
     "build_pool",
     "Attack",
     "SignFlip",
@@ -70,6 +90,8 @@ __all__ = [
     "Mimic",
     "NonFinite",
     "AdaptiveIPM",
+    "OptimalIPM",
+    "OptimalALIE",
     "flip_labels",
     "sanitize",
 ]

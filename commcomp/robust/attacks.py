@@ -7,8 +7,10 @@ returns the ``(f, d)`` gradients the Byzantine workers send:
   True``: IPM, ALIE, mimic, adaptive) need them, the others accept ``None``.
 * ``own``: ``(f, d)`` gradients the Byzantine workers computed on their own data (for
   :class:`LabelFlip` on flipped labels); used by sign flip and label flip.
-* ``aggregator``: the defence (only :class:`AdaptiveIPM` looks at it). For a
-  :class:`~commcomp.robust.mixtailor.MixTailor` it sees the pool, never the draw.
+* ``aggregator``: what the attacker knows of the defence (:class:`AdaptiveIPM`,
+  :class:`OptimalIPM` and :class:`OptimalALIE` look at it): the rule itself for a deterministic
+  rule, a :class:`~commcomp.robust.mixtailor.PoolView` (pool and weights, no seed, no draw) for
+  MixTailor; callers pass ``aggregator.attacker_view()``.
 * ``tolerance``: the ``f`` the defence was configured with (default: ``f``).
 
 Example::
@@ -23,8 +25,9 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
 from statistics import NormalDist
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -40,7 +43,10 @@ __all__ = [
     "Mimic",
     "NonFinite",
     "AdaptiveIPM",
+    "OptimalIPM",
+    "OptimalALIE",
     "alie_default_z",
+    "line_maximize",
     "flip_labels",
 ]
 
@@ -244,20 +250,139 @@ class AdaptiveIPM(Attack):
         self.name = "adaptive_ipm"
 
     def _craft(self, honest, f, own, aggregator, tolerance, generator):
-        if aggregator is None:
-            raise ValueError("adaptive_ipm needs aggregator= (the defence it tailors against)")
-        members = list(getattr(aggregator, "pool", [aggregator]))
-        if self.probes is not None and self.probes < len(members):
-            # a fresh random subset each call: an unbiased estimate of the pool-average harm
-            pick = torch.randperm(len(members), generator=generator)[: self.probes].tolist()
-            members = [members[i] for i in pick]
-        probes = [copy.deepcopy(a) for a in members]
+        members, weights = _defence_members(self.name, aggregator, self.probes, generator)
         mu = honest.mean(dim=0)
         best_eps, best_harm = self.epsilons[0], None
         for eps in self.epsilons:
             stack = torch.cat([honest, (-eps * mu).expand(f, -1)])
-            harm = sum(float(a(stack, tolerance) @ mu) for a in probes) / len(probes)
+            harm = sum(w * float(a._apply(stack, tolerance) @ mu) for a, w in zip(members, weights))
             if best_harm is None or harm < best_harm:
                 best_eps, best_harm = eps, harm
         self.last_epsilon = best_eps
         return (-best_eps * mu).expand(f, -1).clone()
+
+
+def _defence_members(
+    attack: str, aggregator: Any, probes: int | None, generator: torch.Generator | None
+) -> tuple[list[Aggregator], list[float]]:
+    """The rules an attacker evaluates, as deep copies (stateful rules are not advanced), and
+    the weight of each in its objective: the rule itself, or a MixTailor view's pool (a fresh
+    random subset of ``probes`` members per call, drawn by the pool's weights, when given)."""
+    if aggregator is None:
+        raise ValueError(f"{attack} needs aggregator= (the defence it tailors against)")
+    pool = getattr(aggregator, "pool", None)
+    if pool is None:
+        if not isinstance(aggregator, Aggregator):
+            raise ValueError(f"aggregator must be an Aggregator or a MixTailor view, got {type(aggregator).__name__}")
+        return [copy.deepcopy(aggregator)], [1.0]
+    members = list(pool)
+    weights = getattr(aggregator, "weights", None)
+    if probes is not None and probes < len(members):
+        # a fresh random subset each call, an unbiased estimate of the pool-average objective:
+        # without replacement for a uniform pool, by the weights (with replacement) otherwise
+        if weights is None:
+            pick = torch.randperm(len(members), generator=generator)[:probes].tolist()
+        else:
+            probs = torch.tensor(weights, dtype=torch.float64)
+            pick = torch.multinomial(probs, probes, replacement=True, generator=generator).tolist()
+        members, weights = [members[i] for i in pick], None
+    weights = [1.0 / len(members)] * len(members) if weights is None else list(weights)
+    return [copy.deepcopy(a) for a in members], weights
+
+
+def line_maximize(objective: Callable[[float], float], low: float = 1e-2, high: float = 1e2, evals: int = 20) -> float:
+    """Attack factor in ``{0} U [low, high]`` maximizing ``objective``, in ``evals`` evaluations:
+    a geometric grid (0 and ``evals // 2`` points from ``low`` to ``high``), then golden-section
+    refinement between the best grid point's neighbours. Returns the best factor evaluated;
+    ties go to the smaller factor."""
+    if not 0 < low < high:
+        raise ValueError(f"need 0 < low < high, got low={low}, high={high}")
+    if isinstance(evals, bool) or not isinstance(evals, int) or evals < 3:
+        raise ValueError(f"evals must be an int >= 3, got {evals!r}")
+    count = max(2, evals // 2)
+    grid = [0.0] + [low * (high / low) ** (i / (count - 1)) for i in range(count)]
+    values = [objective(t) for t in grid]
+    best = max(range(len(grid)), key=lambda i: (values[i], -i))
+    best_t, best_v = grid[best], values[best]
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    remaining = evals - len(grid)
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    x1, x2 = b - ratio * (b - a), a + ratio * (b - a)
+    v1 = v2 = None
+    while remaining > 0:
+        if v1 is None:
+            v1, remaining = objective(x1), remaining - 1
+            if v1 > best_v:
+                best_t, best_v = x1, v1
+            continue
+        if v2 is None:
+            v2, remaining = objective(x2), remaining - 1
+            if v2 > best_v:
+                best_t, best_v = x2, v2
+            continue
+        if v1 >= v2:  # the maximum lies in [a, x2]
+            b, x2, v2 = x2, x1, v1
+            x1, v1 = b - ratio * (b - a), None
+        else:
+            a, x1, v1 = x1, x2, v2
+            x2, v2 = a + ratio * (b - a), None
+    return best_t
+
+
+class _OptimalAttack(Attack):
+    """An attack with one factor ``t``, chosen every step by :func:`line_maximize` to maximize
+    the distance between the defence's aggregate and the honest mean (averaged over a
+    MixTailor view's pool, or over ``probes`` random members of it)."""
+
+    omniscient = True
+
+    def __init__(self, evals: int = 20, low: float = 1e-2, high: float = 1e2, probes: int | None = None) -> None:
+        if isinstance(evals, bool) or not isinstance(evals, int) or evals < 3:
+            raise ValueError(f"evals must be an int >= 3, got {evals!r}")
+        if not 0 < low < high:
+            raise ValueError(f"need 0 < low < high, got low={low!r}, high={high!r}")
+        if probes is not None and (isinstance(probes, bool) or not isinstance(probes, int) or probes < 1):
+            raise ValueError(f"probes must be an int >= 1 or None, got {probes!r}")
+        self.evals, self.low, self.high, self.probes = evals, float(low), float(high), probes
+        self.last_factor: float | None = None
+
+    @abc.abstractmethod
+    def _rows(self, honest: torch.Tensor, f: int, factor: float) -> torch.Tensor: ...
+
+    def harm(
+        self, honest: torch.Tensor, f: int, factor: float,
+        members: Sequence[Aggregator], weights: Sequence[float], tolerance: int,
+    ) -> float:
+        """The objective: weighted mean of ``||rule(honest + attack(factor)) - mean(honest)||``."""
+        mu = honest.mean(dim=0)
+        stack = torch.cat([honest, self._rows(honest, f, factor).to(honest.dtype)])
+        distances = (torch.linalg.vector_norm(a._apply(stack, tolerance) - mu) for a in members)
+        return sum(w * float(dist) for w, dist in zip(weights, distances))
+
+    def _craft(self, honest, f, own, aggregator, tolerance, generator):
+        members, weights = _defence_members(self.name, aggregator, self.probes, generator)
+        objective = lambda t: self.harm(honest, f, t, members, weights, tolerance)  # noqa: E731
+        factor = line_maximize(objective, self.low, self.high, self.evals)
+        self.last_factor = factor
+        return self._rows(honest, f, factor)
+
+
+class OptimalIPM(_OptimalAttack):
+    """IPM with the factor the line search finds: every Byzantine worker sends
+    ``-t * mean(honest)``, ``t`` maximizing the aggregate's distance from the honest mean."""
+
+    name = "optimal_ipm"
+
+    def _rows(self, honest, f, factor):
+        return (-factor * honest.mean(dim=0)).expand(f, -1).clone()
+
+
+class OptimalALIE(_OptimalAttack):
+    """ALIE with the factor the line search finds: ``mean - t * std`` coordinate-wise, ``t``
+    maximizing the aggregate's distance from the honest mean."""
+
+    name = "optimal_alie"
+
+    def _rows(self, honest, f, factor):
+        sigma = honest.std(dim=0, unbiased=True) if honest.shape[0] > 1 else torch.zeros_like(honest[0])
+        return (honest.mean(dim=0) - factor * sigma).expand(f, -1).clone()

@@ -2,9 +2,13 @@
 
 Each step every worker draws a minibatch from its own i.i.d. shard and computes its gradient
 (all workers at once with ``torch.func.vmap``); the Byzantine workers' gradients are replaced
-by the attack's output; non-finite rows go through :func:`~commcomp.robust.validation.sanitize`;
-the defence aggregates; a server SGD step applies the result. This is the setting of the
-robust-aggregation papers (Krum, Bulyan, IPM, ALIE, MixTailor).
+by the attack's output (the attack sees ``aggregator.attacker_view()``: for MixTailor the pool,
+never the seed or a draw); optionally every row travels through a lossy ``transport`` (e.g.
+:func:`quantized_transport`: 4-bit payloads); the defence aggregates through
+:func:`~commcomp.robust.aggregators.aggregate_untrusted` (non-finite rows dropped or zeroed and
+counted; a step with more invalid rows than ``f`` is skipped and counted); a server SGD step
+applies the result. This is the setting of the robust-aggregation papers (Krum, Bulyan, IPM,
+ALIE, MixTailor).
 
 Data are plain tensors: ``train`` and ``test`` are ``(x, y)`` pairs of inputs and int64 class
 labels ``0..C-1`` (``examples/mixtailor_digits.py`` passes scikit-learn's digits this way).
@@ -27,17 +31,23 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
-from .aggregators import Aggregator
+from .aggregators import Aggregator, aggregate_untrusted
 from .attacks import Attack, flip_labels
-from .validation import InvalidPolicy, check_f, sanitize
+from .validation import InvalidPolicy, check_f
 
-__all__ = ["SimulationConfig", "SimulationResult", "simulate", "evaluate"]
+if TYPE_CHECKING:
+    from ..quantizers import Quantizer
+
+__all__ = ["SimulationConfig", "SimulationResult", "Transport", "simulate", "evaluate", "quantized_transport"]
+
+Transport = Callable[[torch.Tensor, int], torch.Tensor]
+"""``transport(rows, step) -> rows``: what the ``(n, d)`` rows look like after the wire."""
 
 Samples = tuple[torch.Tensor, torch.Tensor]
 """Inputs ``x`` (first dimension: samples) and int64 class labels ``y`` of one split."""
@@ -92,8 +102,9 @@ class SimulationConfig:
 @dataclass
 class SimulationResult:
     """History of one run: ``steps[i]`` -> ``test_accuracy[i]``, ``train_loss[i]`` (honest
-    workers' mean minibatch loss at that step). ``rejected_rows`` counts rows
-    :func:`sanitize` removed or zeroed, ``skipped_steps`` steps where no row was valid, and
+    workers' mean minibatch loss at that step). ``rejected_rows`` counts invalid rows that
+    were removed or zeroed, ``skipped_steps`` steps with more invalid rows than ``f`` (nothing
+    aggregated, no update), and
     ``diverged_at`` the step at which the honest gradients became non-finite (training stops
     there and the last entry is the accuracy of the diverged model)."""
 
@@ -148,12 +159,15 @@ def simulate(
     config: SimulationConfig,
     device: torch.device | str = "cpu",
     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+    transport: Transport | None = None,
 ) -> SimulationResult:
     """Train ``model`` (in place) with ``config.num_workers`` simulated workers on ``train``,
     reporting accuracy on ``test`` (both ``(x, y)`` pairs of tensors, labels int64 ``0..C-1``).
 
     The aggregator sees the honest rows first and the Byzantine rows last; every rule here is
-    permutation invariant up to ties. ``progress`` wraps the step range (e.g. tqdm).
+    permutation invariant up to ties (MoNNA trusts row 0: an honest one). ``progress`` wraps the
+    step range (e.g. tqdm). ``transport`` is applied to all rows after the attack (the
+    attackers, like a real rank, craft from fp32 gradients and send through the same codec).
     """
     n, byz, f = config.num_workers, config.num_byzantine, config.f
     x_train, y_train = _check_samples("train", train)
@@ -198,14 +212,17 @@ def simulate(
             result.diverged_at = step
             break
         if byz:
-            sent = attack(honest, byz, own=grads[n - byz :], aggregator=aggregator, tolerance=f, generator=attack_gen)
+            sent = attack(honest, byz, own=grads[n - byz :], aggregator=aggregator.attacker_view(),
+                          tolerance=f, generator=attack_gen)
             grads = torch.cat([honest, sent.to(grads.dtype)])
-        rows, f_eff, bad = sanitize(grads, f, config.invalid_policy)
-        result.rejected_rows += int(bad.sum())
-        if rows.shape[0] == 0:
+        if transport is not None:
+            grads = transport(grads, step)
+        outcome = aggregate_untrusted(aggregator, grads, f, config.invalid_policy)
+        result.rejected_rows += int(outcome.bad.sum())
+        if outcome.value is None:
             result.skipped_steps += 1
         else:
-            agg = aggregator(rows, f_eff)
+            agg = outcome.value
             for p, g in zip(params, agg.split(sizes)):
                 p.grad = g.view_as(p).to(p.dtype)
             opt.step()
@@ -218,3 +235,34 @@ def simulate(
         result.test_accuracy.append(evaluate(model, test, device))
         result.train_loss.append(float("nan"))
     return result
+
+
+def quantized_transport(quantizer: "Quantizer", seed: int = 0) -> Transport:
+    """Every row quantized and dequantized by ``quantizer`` (e.g. ``NUQSGD(4, 512)``: the
+    4-bit payloads of the DDP hook's codec), worker ``i`` with its own Philox stream and the
+    step as offset. Rows the quantizer refuses (inf/NaN, or a norm that overflows fp32) arrive
+    as NaN: the hook sends those as the non-finite marker, an invalid row.
+
+    >>> import torch
+    >>> from commcomp import NUQSGD
+    >>> t = quantized_transport(NUQSGD(4, 64), seed=1)
+    >>> t(torch.randn(3, 100), 0).shape
+    torch.Size([3, 100])
+    """
+    from ..quantizers import Quantizer
+
+    if not isinstance(quantizer, Quantizer):
+        raise ValueError(f"quantizer must be a commcomp Quantizer, got {type(quantizer).__name__}")
+
+    def transport(rows: torch.Tensor, step: int) -> torch.Tensor:
+        out = []
+        for i, row in enumerate(rows):
+            try:
+                q = quantizer.quantize(row.float().contiguous(), seed=seed * 1_000_003 + i, offset=step)
+            except ValueError:  # not finite, or its norm overflows
+                out.append(torch.full_like(row, float("nan")))
+                continue
+            out.append(quantizer.dequantize(q).to(rows.dtype))
+        return torch.stack(out)
+
+    return transport

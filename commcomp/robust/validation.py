@@ -2,9 +2,10 @@
 
 Aggregators reject malformed input with a :class:`ValueError` that names the argument. Rows
 that are non-finite (a Byzantine worker sending NaN, an fp16 overflow) are never aggregated
-silently: callers that accept untrusted rows (the simulation, the DDP hook) pass them through
-:func:`sanitize` first, which drops or zeroes them by a named policy and counts them against the
-Byzantine budget ``f``.
+silently: callers that accept untrusted rows (the simulation, the DDP hook) go through
+:func:`~commcomp.robust.aggregators.aggregate_untrusted`, which finds them in one pass, drops or
+zeroes them by a named policy and counts them against the Byzantine budget ``f``;
+:func:`sanitize` is the same row policy on its own.
 
 Example::
 
@@ -21,13 +22,13 @@ from typing import Literal
 
 import torch
 
-__all__ = ["InvalidPolicy", "check_grads", "check_f", "require_workers", "sanitize"]
+__all__ = ["InvalidPolicy", "check_shape", "check_grads", "finite_rows", "check_f", "require_workers", "sanitize"]
 
 InvalidPolicy = Literal["drop", "zero"]
 
 
-def check_grads(grads: torch.Tensor, name: str = "grads") -> None:
-    """Raise ``ValueError`` unless ``grads`` is a finite floating ``(n, d)`` tensor, n, d >= 1."""
+def check_shape(grads: torch.Tensor, name: str = "grads") -> None:
+    """Raise ``ValueError`` unless ``grads`` is a floating ``(n, d)`` tensor with n, d >= 1."""
     if not isinstance(grads, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (n, d), got {type(grads).__name__}")
     if grads.dim() != 2:
@@ -36,12 +37,23 @@ def check_grads(grads: torch.Tensor, name: str = "grads") -> None:
         raise ValueError(f"{name} must have n >= 1 rows and d >= 1 columns, got shape {tuple(grads.shape)}")
     if not grads.is_floating_point():
         raise ValueError(f"{name} must be a floating tensor, got dtype {grads.dtype}")
-    finite_rows = torch.isfinite(grads).all(dim=1)
-    if not bool(finite_rows.all()):
-        bad = (~finite_rows).nonzero().flatten().tolist()
+
+
+def finite_rows(grads: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` bool mask of the rows without inf/NaN: the one pass over the data every
+    aggregation makes (members and pre-aggregators of a composite rule do not repeat it)."""
+    return torch.isfinite(grads).all(dim=1)
+
+
+def check_grads(grads: torch.Tensor, name: str = "grads") -> None:
+    """Raise ``ValueError`` unless ``grads`` is a finite floating ``(n, d)`` tensor, n, d >= 1."""
+    check_shape(grads, name)
+    finite = finite_rows(grads)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
         raise ValueError(
             f"{name} has non-finite values in rows {bad}; drop or zero them first with "
-            "commcomp.robust.sanitize(grads, f, policy)"
+            "commcomp.robust.aggregate_untrusted(rule, grads, f, policy) (or sanitize)"
         )
 
 
@@ -60,7 +72,7 @@ def require_workers(rule: str, n: int, f: int, needed: int, formula: str) -> Non
 
 
 def sanitize(
-    grads: torch.Tensor, f: int, policy: InvalidPolicy = "drop"
+    grads: torch.Tensor, f: int, policy: InvalidPolicy = "drop", bad: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, int, torch.Tensor]:
     """Handle non-finite rows by ``policy``; return ``(rows, f_effective, bad_mask)``.
 
@@ -70,16 +82,18 @@ def sanitize(
       May return zero rows when every row is bad; the caller decides what to do then.
     * ``"zero"``: replace bad rows by zeros and keep ``f`` (a robust rule then sees a zero
       gradient as one more outlier).
+
+    ``bad``: the mask of invalid rows if the caller has it already (skips the finite pass).
     """
     if grads.dim() != 2:
         raise ValueError(f"grads must be 2-D (n, d), got shape {tuple(grads.shape)}")
     check_f(f)
-    bad = ~torch.isfinite(grads).all(dim=1)
+    if policy not in ("drop", "zero"):
+        raise ValueError(f"policy must be 'drop' or 'zero', got {policy!r}")
+    bad = ~finite_rows(grads) if bad is None else bad
     num_bad = int(bad.sum())
     if num_bad == 0:
         return grads, f, bad
     if policy == "drop":
         return grads[~bad], max(f - num_bad, 0), bad
-    if policy == "zero":
-        return torch.where(bad[:, None], torch.zeros_like(grads), grads), f, bad
-    raise ValueError(f"policy must be 'drop' or 'zero', got {policy!r}")
+    return torch.where(bad[:, None], torch.zeros_like(grads), grads), f, bad
