@@ -20,10 +20,12 @@ namespace {
 // Header fields in the order of the header tensor both ops return (codecs._HEADER_FIELDS).
 constexpr int kHeaderFields = 10;
 
-[[noreturn]] void malformed(const wire::Error& e) {
-  TORCH_CHECK_VALUE(false, "malformed payload: ", e.message);
+[[noreturn]] void malformed(const char* why) {
+  TORCH_CHECK_VALUE(false, "malformed payload: ", why);
   __builtin_unreachable();
 }
+
+[[noreturn]] void malformed(const wire::Error& e) { malformed(e.message); }
 
 // A 1-D uint8 tensor, made contiguous: a strided view of a payload is the same payload.
 at::Tensor checked_payload(const at::Tensor& payload) {
@@ -76,7 +78,7 @@ at::Tensor call_elias_decode(const at::Tensor& lengths, const at::Tensor& stream
     return op.call(lengths, stream, h.num_levels, h.bucket_size, numel,
                    static_cast<int64_t>(wire::elias_code_of(h.coding)));
   } catch (const c10::ValueError& err) {
-    TORCH_CHECK_VALUE(false, "malformed payload: ", err.msg());
+    malformed(err.msg().c_str());  // the op names the bucket and what is wrong with it
   }
 }
 

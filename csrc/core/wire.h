@@ -27,6 +27,10 @@
 #include "levels.h"
 #include "sizes.h"
 
+// Level tables and norms are read and written as the host's float32 bytes; the format is
+// little-endian (codecs.py refuses other hosts too).
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the wire format needs a little-endian host");
+
 namespace commcomp {
 namespace wire {
 
