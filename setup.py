@@ -45,7 +45,8 @@ use_cuda = _want_cuda()
 # CPU builds compile the schemas and the CPU backend only; the CUDA bindings
 # (csrc/cuda/*_binding.cpp, next to the kernels they launch) need CUDA headers and are compiled
 # only together with the kernels.
-sources = _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp")
+# csrc/composite/ holds ops implemented once for every device (CompositeExplicitAutograd).
+sources = _sources("csrc/ops.cpp") + _sources("csrc/composite/*.cpp") + _sources("csrc/cpu/*.cpp")
 # -ffp-contract=off: no FMA contraction, so the CPU matches CUDA's explicit _rn arithmetic.
 cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-math-errno"]
 extra = {"cxx": cxx_flags}

@@ -18,7 +18,9 @@ Codings:
 :func:`decode` treats the payload as hostile: every header field, section length, norm and code
 is checked before use, and any inconsistency raises ``ValueError``. The element count it will
 allocate for is capped by ``max_numel`` (or pinned by ``numel``) because an Elias payload of a few
-bytes can legitimately describe millions of zeros.
+bytes can legitimately describe millions of zeros. The checks are written once, in C++
+(``csrc/core/wire.h``, behind :func:`commcomp.ops.decode_payload`), where the libFuzzer harness
+``fuzz/payload_fuzzer.cpp`` runs them on raw bytes.
 
 Example::
 
@@ -47,7 +49,7 @@ from typing import Literal
 import torch
 
 from . import ops
-from .quantizers import Levels, QuantizedTensor, Quantizer
+from .quantizers import Levels, QuantizedTensor, Quantizer, saturating_cast
 
 __all__ = [
     "CODINGS",
@@ -95,6 +97,11 @@ DEFAULT_MAX_NUMEL = 1 << 27
 # bucket size, numel, stream bytes, CRC-32 of the level table.
 _HEADER = struct.Struct("<4sBBBBBBBBIQQI")
 HEADER_BYTES = _HEADER.size  # 36: keeps the float32 sections 4-byte aligned
+
+# The fields of the header tensor ops.read_payload_header / ops.decode_payload return, in order.
+_HEADER_FIELDS = ("coding", "levels_kind", "num_levels", "bits", "dtype", "length_bytes", "bucket_size", "numel",
+                  "stream_bytes", "levels_crc")
+_UINT64 = 2**64
 
 _UNIFORM, _EXPONENTIAL, _TABLE = 1, 2, 3
 _LEVEL_KIND_NAMES = {_UNIFORM: "uniform", _EXPONENTIAL: "exponential", _TABLE: "table"}
@@ -157,6 +164,19 @@ def fixed_payload_bytes(numel: int, bucket_size: int, levels: Levels) -> int:
     return HEADER_BYTES + table + 4 * buckets + ops.packed_bytes(numel, levels.bits)
 
 
+def _check_norms_encodable(q: QuantizedTensor) -> None:
+    # A payload with a non-finite or negative norm is one every decoder refuses; say so here.
+    if q.allow_nonfinite or q.norms.numel() == 0:
+        return
+    bad = ~(torch.isfinite(q.norms) & (q.norms >= 0))
+    if bool(bad.any()):
+        bucket = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"q.norms must be finite and >= 0, got {float(q.norms[bucket])} for bucket {bucket}: send non-finite "
+            "buckets uncompressed (or quantize with allow_nonfinite=True and send them behind a marker)"
+        )
+
+
 def _check_quantized(q: QuantizedTensor) -> int:
     if not isinstance(q, QuantizedTensor):
         raise ValueError(f"q must be a QuantizedTensor, got {type(q).__name__}")
@@ -177,20 +197,13 @@ def _check_quantized(q: QuantizedTensor) -> int:
         )
     if q.norms.device != q.symbols.device:
         raise ValueError(f"q.norms and q.symbols must share a device, got {q.norms.device} and {q.symbols.device}")
+    _check_norms_encodable(q)
     return width
 
 
 def _le_bytes(values: torch.Tensor, nbytes: int) -> torch.Tensor:
     """int64 values -> their low ``nbytes`` bytes each, little-endian, as one uint8 tensor."""
     return torch.stack([(values >> (8 * k)) & 0xFF for k in range(nbytes)], dim=1).to(torch.uint8).reshape(-1)
-
-
-def _from_le_bytes(raw: torch.Tensor, nbytes: int) -> torch.Tensor:
-    b = raw.to(torch.int64).view(-1, nbytes)
-    out = b[:, 0].clone()
-    for k in range(1, nbytes):
-        out |= b[:, k] << (8 * k)
-    return out
 
 
 def _encoded_parts(q: QuantizedTensor, coding: Coding, fallback_to_fixed: bool) -> list[torch.Tensor]:
@@ -232,7 +245,8 @@ def encode(q: QuantizedTensor, coding: Coding = "fixed", *, fallback_to_fixed: b
     stream is replaced by fixed width (the header records which coding a payload uses, so
     decoding needs nothing else): the payload never costs more than ``"fixed"``.
 
-    Raises ``ValueError`` for an unknown ``coding`` or an inconsistent ``q``.
+    Raises ``ValueError`` for an unknown ``coding`` or an inconsistent ``q``, including norms that
+    are non-finite or negative (no decoder accepts them) unless ``q.allow_nonfinite`` is set.
     """
     return torch.cat(_encoded_parts(q, coding, fallback_to_fixed))
 
@@ -251,48 +265,24 @@ def encode_into(q: QuantizedTensor, out: torch.Tensor, coding: Coding = "fixed",
     return total
 
 
-def _fail(msg: str) -> None:
-    raise ValueError(f"malformed payload: {msg}")
+def _check_payload_type(payload: object) -> None:
+    if not isinstance(payload, torch.Tensor):
+        raise ValueError(f"payload must be a torch.Tensor, got {type(payload).__name__}")
+
+
+def _header_of(fields: torch.Tensor) -> PayloadHeader:
+    f = dict(zip(_HEADER_FIELDS, fields.tolist()))
+    return PayloadHeader(
+        _CODING_NAMES[f["coding"]], _LEVEL_KIND_NAMES[f["levels_kind"]], f["num_levels"], f["bits"],
+        _DTYPE_OF_CODE[f["dtype"]], f["length_bytes"], f["bucket_size"], f["numel"] % _UINT64,
+        f["stream_bytes"] % _UINT64, f["levels_crc"],
+    )
 
 
 def read_header(payload: torch.Tensor) -> PayloadHeader:
     """Parse and range-check the header of ``payload`` (a 1-D uint8 tensor). Raises ``ValueError``."""
-    if not isinstance(payload, torch.Tensor):
-        raise ValueError(f"payload must be a torch.Tensor, got {type(payload).__name__}")
-    if payload.dtype != torch.uint8 or payload.dim() != 1:
-        raise ValueError(f"payload must be a 1-D uint8 tensor, got {payload.dtype} of shape {tuple(payload.shape)}")
-    if payload.numel() < HEADER_BYTES:
-        _fail(f"{payload.numel()} bytes is shorter than the {HEADER_BYTES}-byte header (truncated)")
-    raw = payload[:HEADER_BYTES].cpu().numpy().tobytes()
-    (magic, version, coding, kind, num_levels, bits, dtype, length_bytes, reserved,
-     bucket_size, numel, stream_bytes, crc) = _HEADER.unpack(raw)
-    if magic != MAGIC:
-        _fail(f"bad magic {magic!r}, expected {MAGIC!r} (not a commcomp payload)")
-    if version != VERSION:
-        _fail(f"unsupported format version {version}, this build reads version {VERSION}")
-    if coding not in _CODING_NAMES:
-        _fail(f"unknown coding id {coding}")
-    if kind not in _LEVEL_KIND_NAMES:
-        _fail(f"unknown levels kind {kind}")
-    if not 2 <= num_levels <= 2 ** (8 - 1):
-        _fail(f"level count {num_levels} outside [2, 128]")
-    if bits != ops.symbol_width(num_levels):
-        _fail(f"bits={bits} disagrees with {num_levels} levels (expected {ops.symbol_width(num_levels)})")
-    if dtype not in _DTYPE_OF_CODE:
-        _fail(f"unknown dtype code {dtype}")
-    is_fixed = coding == CODINGS["fixed"]
-    if length_bytes not in ((0,) if is_fixed else (2, 4)):
-        _fail(f"bucket length field of {length_bytes} bytes is invalid for coding {_CODING_NAMES[coding]!r}")
-    if reserved != 0:
-        _fail(f"reserved byte is {reserved}, expected 0")
-    if bucket_size == 0:
-        _fail("bucket size 0")
-    if is_fixed and stream_bytes != ops.packed_bytes(numel, bits):
-        _fail(f"fixed-width stream of {stream_bytes} bytes cannot hold {numel} symbols of {bits} bits")
-    return PayloadHeader(
-        _CODING_NAMES[coding], _LEVEL_KIND_NAMES[kind], num_levels, bits, _DTYPE_OF_CODE[dtype], length_bytes,
-        bucket_size, numel, stream_bytes, crc,
-    )
+    _check_payload_type(payload)
+    return _header_of(ops.read_payload_header(payload))
 
 
 def decode(
@@ -305,75 +295,30 @@ def decode(
     """Parse and validate a payload of :func:`encode` back into a :class:`QuantizedTensor`.
 
     Args:
-        payload: 1-D uint8 tensor (CPU or CUDA), e.g. received from another rank.
+        payload: 1-D uint8 tensor (CPU or CUDA, any strides), e.g. received from another rank.
         expected: if given, the payload's bucket size and level table must equal this quantizer's.
         numel: if given, the payload must hold exactly this many elements.
         max_numel: upper bound on the element count a payload may announce (the decoder allocates
-            for that many symbols).
+            for that many symbols; :data:`commcomp.ops.MAX_NUMEL` bounds it too).
 
     Raises ``ValueError`` (message starting "malformed payload") on any inconsistency: size,
-    magic, version, field ranges, level table, norms (finite, >= 0), bucket lengths, codes.
+    magic, version, field ranges, level table, norms (finite, >= 0), bucket lengths, codes; and
+    ``ValueError`` naming the argument for a bad ``numel`` or ``max_numel``. The header, level
+    table, norms and bucket lengths are validated on the host; the symbol stream is decoded on
+    the payload's device.
     """
-    h = read_header(payload)
-    if numel is not None and h.numel != numel:
-        _fail(f"holds {h.numel} elements, expected {numel}")
-    if h.numel > max_numel:
-        _fail(f"announces {h.numel} elements, above max_numel={max_numel}")
-    if expected is not None and h.bucket_size != expected.bucket_size:
-        _fail(f"bucket size {h.bucket_size} differs from the expected quantizer's {expected.bucket_size}")
-    if payload.numel() != h.payload_bytes:
-        what = "truncated" if payload.numel() < h.payload_bytes else "oversized"
-        _fail(f"{payload.numel()} bytes but the header announces {h.payload_bytes} ({what})")
-
-    table_bytes, norm_bytes, length_bytes, _ = h.section_sizes()
-    at = HEADER_BYTES
+    _check_payload_type(payload)
+    fields, level_values, norms, symbols = ops.decode_payload(
+        payload, max_numel, numel,
+        None if expected is None else expected.bucket_size,
+        None if expected is None else expected.levels.tensor(),
+    )
+    h = _header_of(fields)
     if h.levels_kind == "table":
-        table = payload[at : at + table_bytes].cpu().numpy().tobytes()
-        at += table_bytes
-        values = struct.unpack(f"<{h.num_levels}f", table)
-        try:
-            levels = Levels(values)
-        except ValueError as err:
-            raise ValueError(f"malformed payload: level table is invalid: {err}") from None
+        levels = Levels(tuple(level_values.tolist()))
     else:
         levels = _named_levels(_UNIFORM if h.levels_kind == "uniform" else _EXPONENTIAL, h.num_levels)
-    if zlib.crc32(_levels_bytes(levels)) != h.levels_crc:
-        _fail("level table CRC mismatch: the sender used different levels")
-    if _LEVEL_KIND_NAMES[_levels_kind(levels)] != h.levels_kind:
-        _fail(f"levels of kind {h.levels_kind!r} are those of another kind (non-canonical payload)")
-    if expected is not None and expected.levels != levels:
-        _fail(f"level table differs from the expected quantizer's ({expected!r})")
-
-    norms = payload[at : at + norm_bytes].clone().view(torch.float32)
-    at += norm_bytes
-    if norms.numel() and not bool(torch.isfinite(norms).all() & (norms >= 0).all()):
-        _fail("norms must be finite and >= 0")
-
-    if h.coding == "fixed":
-        symbols = payload[at:].clone()
-        _check_fixed_stream(symbols, h)
-    else:
-        lengths = _from_le_bytes(payload[at : at + length_bytes], h.length_bytes)
-        if h.length_bytes == 4 and (lengths.numel() == 0 or int(lengths.max()) < 2**16):
-            _fail("32-bit bucket lengths where 16-bit ones fit (non-canonical payload)")
-        at += length_bytes
-        try:
-            symbols = ops.elias_decode(
-                lengths, payload[at:], h.num_levels, h.bucket_size, h.numel, h.coding.removeprefix("elias-")  # type: ignore[arg-type]
-            )
-        except ValueError as err:
-            raise ValueError(f"malformed payload: {err}") from None
     return QuantizedTensor(norms, symbols, h.numel, h.bucket_size, levels, h.dtype)
-
-
-def _check_fixed_stream(symbols: torch.Tensor, h: PayloadHeader) -> None:
-    used = h.numel * h.bits
-    if used % 8 and int(symbols[-1]) >> (used % 8):
-        _fail("padding bits after the last fixed-width symbol are not zero")
-    if h.num_levels < 2 ** (h.bits - 1):  # some index values name no level
-        index = ops.unpack_symbols(symbols, h.bits, h.numel) >> 1
-        if index.numel() and int(index.max()) >= h.num_levels:
-            _fail(f"a symbol names level index {int(index.max())} but there are {h.num_levels} levels")
 
 
 def encode_tensor(
@@ -391,10 +336,14 @@ def decode_tensor(
     max_numel: int = DEFAULT_MAX_NUMEL,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """:func:`decode` and dequantize: a flat tensor of ``dtype`` (default: the sender's dtype)."""
+    """:func:`decode` and dequantize: a flat tensor of ``dtype`` (default: the sender's dtype).
+
+    Decoding runs in float32; values beyond ``dtype``'s range saturate
+    (:func:`commcomp.quantizers.saturating_cast`) rather than become inf.
+    """
     q = decode(payload, quantizer, numel=numel, max_numel=max_numel)
     out = ops.dequantize(q.norms, q.symbols, q.levels.tensor(q.norms.device), q.bucket_size, q.numel)
-    return out.to(dtype or q.dtype)
+    return saturating_cast(out, dtype or q.dtype)
 
 
 class TensorCodec:

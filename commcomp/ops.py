@@ -11,7 +11,13 @@ Ops:
 * quantization: :func:`bucket_norms`, :func:`quantize`, :func:`dequantize`,
   :func:`dequantize_accumulate`, :func:`pack_symbols`, :func:`unpack_symbols`;
 * Elias coding of packed symbols: :func:`elias_encode`, :func:`elias_decode`;
+* payloads of the wire format (what :mod:`commcomp.codecs` calls): :func:`read_payload_header`,
+  :func:`decode_payload`;
 * adaptive-level statistics: :func:`level_stats`.
+
+Every integer argument is checked before it reaches the C++ schema (``ValueError`` naming it):
+element counts are at most :data:`MAX_NUMEL` (2^48), bucket sizes at most :data:`MAX_BUCKET_SIZE`
+(2^40), seeds and offsets in ``[0, 2^63)``; the kernels check the same bounds again.
 
 Example::
 
@@ -44,6 +50,8 @@ __all__ = [
     "ELIAS_CODES",
     "DEFAULT_BINS",
     "MAX_BINS",
+    "MAX_NUMEL",
+    "MAX_BUCKET_SIZE",
     "symbol_width",
     "packed_bytes",
     "num_buckets",
@@ -55,6 +63,8 @@ __all__ = [
     "unpack_symbols",
     "elias_encode",
     "elias_decode",
+    "read_payload_header",
+    "decode_payload",
     "level_stats",
 ]
 
@@ -66,7 +76,48 @@ ELIAS_CODES: dict[str, int] = {"gamma": 0, "delta": 1, "omega": 2}
 DEFAULT_BINS = 1024
 MAX_BINS = 4096  # kMaxStatBins in csrc/core/stats.h
 _MAX_LEVELS = 128  # kMaxLevels in csrc/core/levels.h
+MAX_NUMEL = 2**48  # kMaxNumel in csrc/core/sizes.h: the largest element count any op accepts
+MAX_BUCKET_SIZE = 2**40  # kMaxBucketSize in csrc/core/sizes.h
+_INT64_MAX = 2**63 - 1
 _GRADIENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _int_arg(name: str, value: object, low: int, high: int, expected: str) -> int:
+    """``value`` as an int in ``[low, high]``, or ``ValueError`` "``name`` must be ``expected``".
+
+    Runs before the C++ schema sees the value, so an int outside int64 (``seed=2**63``) gets a
+    message naming the argument rather than torch's "Expected int"; the messages are those of the
+    C++ checks (csrc/checks/common.h).
+    """
+    if isinstance(value, torch.SymInt):  # traced: the fake kernels check it symbolically
+        return value  # type: ignore[return-value]
+    v = value.__index__() if hasattr(value, "__index__") and not isinstance(value, bool) else None  # type: ignore[attr-defined]
+    if v is None or not low <= v <= high:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return v
+
+
+def _bucket_size_arg(bucket_size: object) -> int:
+    return _int_arg("bucket_size", bucket_size, 1, MAX_BUCKET_SIZE, f"positive and at most 2^40 ({MAX_BUCKET_SIZE})")
+
+
+def _numel_arg(numel: object) -> int:
+    return _int_arg("numel", numel, 0, MAX_NUMEL, f"non-negative and at most 2^48 ({MAX_NUMEL})")
+
+
+def _width_arg(width: object) -> int:
+    return _int_arg("width", width, 1, 8, "in [1, 8] bits")
+
+
+def _num_levels_arg(num_levels: object) -> int:
+    return _int_arg("num_levels", num_levels, 2, _MAX_LEVELS, f"in [2, {_MAX_LEVELS}]")
+
+
+def _seed_args(seed: object, offset: object) -> tuple[int, int]:
+    return (
+        _int_arg("seed", seed, 0, _INT64_MAX, "non-negative and below 2^63"),
+        _int_arg("offset", offset, 0, _INT64_MAX, "non-negative and below 2^63"),
+    )
 
 
 def symbol_width(num_levels: int) -> int:
@@ -96,7 +147,7 @@ def _elias_code_id(code: EliasName | int) -> int:
 
 def bucket_norms(x: torch.Tensor, bucket_size: int, norm: NormName = "l2") -> torch.Tensor:
     """Per-bucket L2 or L-inf norm of flat ``x`` (last bucket may be partial), float32."""
-    return torch.ops.commcomp.bucket_norms(x, bucket_size, norm)
+    return torch.ops.commcomp.bucket_norms(x, _bucket_size_arg(bucket_size), norm)
 
 
 def quantize(
@@ -126,14 +177,17 @@ def quantize(
     ``x[s:]`` with ``stream_index=s`` (``s`` also a multiple of ``bucket_size``) gives exactly the
     bits the whole of ``x`` gives for those elements, so a tensor can be quantized in pieces.
     """
-    return torch.ops.commcomp.quantize(x, levels, bucket_size, norm, seed, offset, norms, allow_nonfinite, stream_index)
+    seed, offset = _seed_args(seed, offset)
+    return torch.ops.commcomp.quantize(
+        x, levels, _bucket_size_arg(bucket_size), norm, seed, offset, norms, allow_nonfinite, stream_index
+    )
 
 
 def dequantize(
     norms: torch.Tensor, symbols: torch.Tensor, levels: torch.Tensor, bucket_size: int, numel: int
 ) -> torch.Tensor:
     """Decode a payload of :func:`quantize` into ``numel`` float32 values."""
-    return torch.ops.commcomp.dequantize(norms, symbols, levels, bucket_size, numel)
+    return torch.ops.commcomp.dequantize(norms, symbols, levels, _bucket_size_arg(bucket_size), _numel_arg(numel))
 
 
 def dequantize_accumulate(
@@ -149,17 +203,17 @@ def dequantize_accumulate(
     What an all-gather aggregation needs: payloads of all ranks are decoded and averaged without
     materializing each decoded tensor. Payloads are added in list order (deterministic).
     """
-    torch.ops.commcomp.dequantize_accumulate(out, list(norms), list(symbols), levels, bucket_size, scale)
+    torch.ops.commcomp.dequantize_accumulate(out, list(norms), list(symbols), levels, _bucket_size_arg(bucket_size), scale)
 
 
 def pack_symbols(symbols: torch.Tensor, width: int) -> torch.Tensor:
     """Pack uint8 symbols (each < 2**width) at ``width`` bits, little-endian bit order."""
-    return torch.ops.commcomp.pack_symbols(symbols, width)
+    return torch.ops.commcomp.pack_symbols(symbols, _width_arg(width))
 
 
 def unpack_symbols(packed: torch.Tensor, width: int, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack_symbols`: ``numel`` uint8 symbols."""
-    return torch.ops.commcomp.unpack_symbols(packed, width, numel)
+    return torch.ops.commcomp.unpack_symbols(packed, _width_arg(width), _numel_arg(numel))
 
 
 def elias_encode(
@@ -170,7 +224,10 @@ def elias_encode(
     Each bucket is byte-aligned in ``stream`` and holds ``bucket_bytes[b]`` bytes. Raises
     ``ValueError`` on a symbol whose level index is ``>= num_levels`` or a zero with its sign set.
     """
-    return torch.ops.commcomp.elias_encode(packed, num_levels, bucket_size, numel, _elias_code_id(code))
+    return torch.ops.commcomp.elias_encode(
+        packed, _num_levels_arg(num_levels), _bucket_size_arg(bucket_size), _numel_arg(numel),
+        _elias_code_id(code),
+    )
 
 
 def elias_decode(
@@ -186,7 +243,50 @@ def elias_decode(
     Treats its input as untrusted: any malformed stream raises ``ValueError`` naming the bucket and
     what is wrong with it; nothing is read outside ``stream`` or written outside the output.
     """
-    return torch.ops.commcomp.elias_decode(bucket_bytes, stream, num_levels, bucket_size, numel, _elias_code_id(code))
+    return torch.ops.commcomp.elias_decode(
+        bucket_bytes, stream, _num_levels_arg(num_levels), _bucket_size_arg(bucket_size),
+        _numel_arg(numel), _elias_code_id(code),
+    )
+
+
+def read_payload_header(payload: torch.Tensor) -> torch.Tensor:
+    """The range-checked header fields of a wire payload as int64[10] on the host (see
+    :func:`commcomp.codecs.read_header`, which wraps them). Raises ``ValueError`` ("malformed
+    payload: ...") on a short payload or any field out of range."""
+    return torch.ops.commcomp.read_payload_header(payload)
+
+
+def decode_payload(
+    payload: torch.Tensor,
+    max_numel: int,
+    numel: int | None = None,
+    bucket_size: int | None = None,
+    levels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate and decode a wire payload: ``(header int64[10], levels float32, norms, symbols)``.
+
+    What :func:`commcomp.codecs.decode` runs (csrc/core/wire.h): every field, section size, the
+    level table, norms, bucket lengths and codes are checked before use, and the element count is
+    capped by ``max_numel`` (and :data:`MAX_NUMEL`) or pinned by ``numel``; ``bucket_size`` and
+    ``levels``, if given, must match. Raises ``ValueError`` starting "malformed payload". The
+    header and levels are host tensors; norms and packed symbols are on the payload's device.
+
+    Example::
+
+        >>> import torch
+        >>> from commcomp import QSGD, codecs, ops
+        >>> payload = codecs.encode_tensor(torch.randn(100), QSGD(bits=3, bucket_size=32))
+        >>> header, levels, norms, symbols = ops.decode_payload(payload, max_numel=1000)
+        >>> levels.tolist(), norms.numel(), symbols.numel()   # 4 uniform levels, 4 buckets, 100 x 3 bits
+        ([0.0, 0.3333333432674408, 0.6666666865348816, 1.0], 4, 38)
+    """
+    return torch.ops.commcomp.decode_payload(
+        payload,
+        min(_int_arg("max_numel", max_numel, 0, 2**128, "a non-negative int"), _INT64_MAX),
+        -1 if numel is None else _int_arg("numel", numel, 0, _INT64_MAX, "a non-negative int below 2^63"),
+        -1 if bucket_size is None else _bucket_size_arg(bucket_size),
+        levels,
+    )
 
 
 def level_stats(
@@ -223,6 +323,7 @@ def level_stats(
         raise ValueError(f"bins must be an int in [1, {MAX_BINS}], got {bins!r}")
     if not isinstance(bucket_size, int) or bucket_size <= 0:
         raise ValueError(f"bucket_size must be a positive int, got {bucket_size!r}")
+    bucket_size = _bucket_size_arg(bucket_size)
     if norms is None:
         norms = bucket_norms(x, bucket_size, norm)
     return torch.ops.commcomp.level_stats(x, norms, bucket_size, bins)
@@ -239,7 +340,10 @@ def _check_gradient(x: torch.Tensor) -> None:
 
 
 def _check_bucket_size(bucket_size: int) -> None:
-    torch._check_value(bucket_size > 0, lambda: f"bucket_size must be positive, got {bucket_size}")
+    torch._check_value(
+        0 < bucket_size <= MAX_BUCKET_SIZE,
+        lambda: f"bucket_size must be positive and at most 2^40 ({MAX_BUCKET_SIZE}), got {bucket_size}",
+    )
 
 
 def _check_norm(norm: str) -> None:
@@ -260,6 +364,7 @@ def _check_width(width: int) -> None:
 
 def _check_numel(numel: int) -> None:
     torch._check_value(numel >= 0, lambda: f"numel must be non-negative, got {numel}")
+    torch._check_value(numel <= MAX_NUMEL, lambda: f"numel must be at most 2^48 ({MAX_NUMEL}), got {numel}")
 
 
 def _check_payload(norms: torch.Tensor, symbols: torch.Tensor, numel: int, bucket_size: int, width: int, what: str) -> None:
@@ -377,6 +482,36 @@ def _elias_decode_fake(bucket_bytes, stream, num_levels, bucket_size, numel, cod
         bucket_bytes.dim() == 1 and bucket_bytes.dtype == torch.int64, lambda: "bucket_bytes must be a 1-D int64 tensor"
     )
     return stream.new_empty((packed_bytes(numel, symbol_width(num_levels)),), dtype=torch.uint8)
+
+
+_HEADER_FIELDS = 10  # kHeaderFields in csrc/composite/payload.cpp
+
+
+def _check_payload_tensor(payload: torch.Tensor) -> None:
+    torch._check_value(
+        payload.dim() == 1 and payload.dtype == torch.uint8,
+        lambda: f"payload must be a 1-D uint8 tensor, got {payload.dtype} of shape {tuple(payload.shape)}",
+    )
+
+
+@torch.library.register_fake("commcomp::read_payload_header")
+def _read_payload_header_fake(payload):
+    _check_payload_tensor(payload)
+    return torch.empty((_HEADER_FIELDS,), dtype=torch.int64, device="cpu")
+
+
+# Every size of a decoded payload comes from its bytes: fresh symbolic sizes.
+@torch.library.register_fake("commcomp::decode_payload")
+def _decode_payload_fake(payload, max_numel, numel, bucket_size, levels):
+    _check_payload_tensor(payload)
+    torch._check_value(max_numel >= 0, lambda: f"max_numel must be non-negative, got {max_numel}")
+    ctx = torch.library.get_ctx()
+    return (
+        torch.empty((_HEADER_FIELDS,), dtype=torch.int64, device="cpu"),
+        torch.empty((ctx.new_dynamic_size(),), dtype=torch.float32, device="cpu"),
+        payload.new_empty((ctx.new_dynamic_size(),), dtype=torch.float32),
+        payload.new_empty((ctx.new_dynamic_size(),), dtype=torch.uint8),
+    )
 
 
 @torch.library.register_fake("commcomp::level_stats")

@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
+import numpy as np
 import torch
 
 from . import ops
@@ -47,6 +48,7 @@ __all__ = [
     "register_scheme",
     "make_quantizer",
     "scheme_names",
+    "saturating_cast",
 ]
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -59,7 +61,8 @@ class Levels:
     values: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        values = tuple(float(torch.tensor(v, dtype=torch.float32)) for v in self.values)
+        # float32 values; + 0.0 turns a -0.0 into the one zero the wire format spells.
+        values = tuple(float(torch.tensor(v, dtype=torch.float32)) + 0.0 for v in self.values)
         object.__setattr__(self, "values", values)
         if any(math.isnan(v) for v in values):
             raise ValueError(f"levels must not be NaN, got {values}")
@@ -72,9 +75,14 @@ class Levels:
 
     @classmethod
     def uniform(cls, count: int) -> "Levels":
-        """``count`` evenly spaced levels: QSGD with ``count - 1`` intervals."""
+        """``count`` evenly spaced levels: QSGD with ``count - 1`` intervals.
+
+        Level ``j`` is ``float32(j) / float32(count - 1)``, correctly rounded: the definition the
+        wire decoder shares (``uniform_level_values`` in csrc/core/levels.h), and the same on
+        every machine (``torch.linspace`` rounds some levels differently by CPU vector width).
+        """
         _check_count(count)
-        return cls(tuple(torch.linspace(0, 1, count, dtype=torch.float32).tolist()))
+        return cls(tuple((np.arange(count, dtype=np.float32) / np.float32(count - 1)).tolist()))
 
     @classmethod
     def exponential(cls, count: int, base: float = 0.5) -> "Levels":
@@ -113,7 +121,13 @@ def _check_bits(bits: int) -> int:
 
 @dataclass(frozen=True)
 class QuantizedTensor:
-    """One quantized flat tensor: per-bucket norms, packed symbols, and what decoding needs."""
+    """One quantized flat tensor: per-bucket norms, packed symbols, and what decoding needs.
+
+    ``allow_nonfinite`` is set by ``quantize(..., allow_nonfinite=True)``: norms may then be
+    inf/NaN (those buckets' symbols are zero). :func:`commcomp.codecs.encode` refuses non-finite
+    norms otherwise; with it, it encodes them without looking (no device synchronization) for a
+    caller that sends such a payload only behind a non-finite marker, as the DDP hooks do.
+    """
 
     norms: torch.Tensor
     symbols: torch.Tensor
@@ -121,6 +135,7 @@ class QuantizedTensor:
     bucket_size: int
     levels: Levels
     dtype: torch.dtype
+    allow_nonfinite: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -134,8 +149,8 @@ class Quantizer:
     name: ClassVar[str]
 
     def __init__(self, bucket_size: int = 512, norm: NormName = "l2") -> None:
-        if not isinstance(bucket_size, int) or bucket_size <= 0:
-            raise ValueError(f"bucket_size must be a positive int, got {bucket_size!r}")
+        if not isinstance(bucket_size, int) or not 0 < bucket_size <= ops.MAX_BUCKET_SIZE:
+            raise ValueError(f"bucket_size must be a positive int at most 2^40, got {bucket_size!r}")
         if norm not in NORMS:
             raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
         self.bucket_size = bucket_size
@@ -164,12 +179,15 @@ class Quantizer:
         norms, symbols = ops.quantize(
             flat, self.levels.tensor(), self.bucket_size, self.norm, seed, offset, None, allow_nonfinite, stream_index
         )
-        return QuantizedTensor(norms, symbols, flat.numel(), self.bucket_size, self.levels, x.dtype)
+        return QuantizedTensor(norms, symbols, flat.numel(), self.bucket_size, self.levels, x.dtype, allow_nonfinite)
 
     def dequantize(self, q: QuantizedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Decode ``q`` to a flat tensor of ``dtype`` (default: the quantized tensor's dtype)."""
+        """Decode ``q`` to a flat tensor of ``dtype`` (default: the quantized tensor's dtype).
+
+        Decoding runs in float32; values beyond ``dtype``'s range saturate (:func:`saturating_cast`).
+        """
         out = ops.dequantize(q.norms, q.symbols, q.levels.tensor(), q.bucket_size, q.numel)
-        return out.to(dtype or q.dtype)
+        return saturating_cast(out, dtype or q.dtype)
 
     def variance_bound(self, d: int) -> float | None:
         """Known upper bound on E||Q(x) - x||^2 / ||x||^2 for a bucket of ``d`` coordinates, if any."""
@@ -177,6 +195,27 @@ class Quantizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(bits={self.bits}, bucket_size={self.bucket_size}, norm={self.norm!r})"
+
+
+def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` (decoded float32 values) as ``dtype``, clamping finite values to its largest magnitude.
+
+    A decoded coordinate is ``norm * level``: an unbiased estimate that may exceed what a narrower
+    dtype holds even when every input did (fp16 buckets whose L2 norm is above 65504 round a small
+    coordinate up to a level worth more than 65504). Saturating keeps such a value finite, so a
+    finite gradient never turns into inf (and AMP never skips a step for it); NaN stays NaN.
+
+    Example::
+
+        >>> import torch
+        >>> from commcomp.quantizers import saturating_cast
+        >>> saturating_cast(torch.tensor([1e6, -1e6, 0.5]), torch.float16).tolist()
+        [65504.0, -65504.0, 0.5]
+    """
+    if dtype != x.dtype and dtype.is_floating_point and torch.finfo(dtype).max < torch.finfo(x.dtype).max:
+        big = torch.finfo(dtype).max
+        x = x.clamp(-big, big)
+    return x.to(dtype)
 
 
 _Q = TypeVar("_Q", bound=type)

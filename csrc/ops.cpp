@@ -34,6 +34,15 @@ TORCH_LIBRARY(commcomp, m) {
   m.def(
       "elias_decode(Tensor bucket_bytes, Tensor stream, int num_levels, int bucket_size,"
       " int numel, int code) -> Tensor");
+  // Payloads of the wire format (csrc/core/wire.h; one implementation for every device:
+  // csrc/composite/payload.cpp). The header comes back as int64[10]: coding, levels kind,
+  // levels, bits, dtype, length bytes, bucket size, numel, stream bytes, level CRC.
+  m.def("read_payload_header(Tensor payload) -> Tensor");
+  // numel / bucket_size of -1 and levels=None: no expectation. Returns (header, levels float32
+  // (host), norms float32, packed symbols uint8), the last two on the payload's device.
+  m.def(
+      "decode_payload(Tensor payload, int max_numel, int numel, int bucket_size, Tensor? levels)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
   // Adaptive-level statistics (csrc/core/stats.h).
   m.def("level_stats(Tensor x, Tensor norms, int bucket_size, int bins) -> Tensor");
 }

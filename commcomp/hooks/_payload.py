@@ -31,7 +31,7 @@ def quantize_pieces(
             segment, table, quantizer.bucket_size, quantizer.norm, seed,
             stream_offset(iteration, piece.param.index, phase), None, True, piece.param_index,
         )
-        out.append(QuantizedTensor(norms, symbols, piece.numel, quantizer.bucket_size, levels, segment.dtype))
+        out.append(QuantizedTensor(norms, symbols, piece.numel, quantizer.bucket_size, levels, segment.dtype, True))
     return out
 
 

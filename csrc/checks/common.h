@@ -7,11 +7,14 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <string>
 
 #include "../core/bitpack.h"
 #include "../core/levels.h"
 #include "../core/quantize.h"
+#include "../core/sizes.h"
+#include "../core/wire.h"
 
 namespace commcomp {
 
@@ -38,7 +41,9 @@ inline NormKind parse_norm(const std::string& norm) {
 }
 
 inline void check_bucket_size(int64_t bucket_size) {
-  TORCH_CHECK_VALUE(bucket_size > 0, "bucket_size must be positive, got ", bucket_size);
+  TORCH_CHECK_VALUE(bucket_size > 0 && bucket_size <= kMaxBucketSize,
+                    "bucket_size must be positive and at most 2^40 (", kMaxBucketSize, "), got ",
+                    bucket_size);
 }
 
 inline void check_gradient(const at::Tensor& x) {
@@ -47,6 +52,8 @@ inline void check_gradient(const at::Tensor& x) {
                         x.scalar_type() == at::kBFloat16,
                     "x must be float32, float16 or bfloat16, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.is_contiguous(), "x must be contiguous");
+  TORCH_CHECK_VALUE(x.numel() <= kMaxNumel, "x may have at most 2^48 (", kMaxNumel,
+                    ") elements, got ", x.numel());
 }
 
 inline void check_seed(int64_t seed, int64_t offset) {
@@ -66,12 +73,16 @@ inline void check_width(int64_t width) {
   TORCH_CHECK_VALUE(width >= 1 && width <= 8, "width must be in [1, 8] bits, got ", width);
 }
 
+// An element count given by the caller, before any size is derived from it (sizes.h).
 inline void check_numel(int64_t numel) {
   TORCH_CHECK_VALUE(numel >= 0, "numel must be non-negative, got ", numel);
+  TORCH_CHECK_VALUE(numel <= kMaxNumel, "numel must be at most 2^48 (", kMaxNumel, "), got ",
+                    numel);
 }
 
-// Validates `levels` (1-D float32, 2..kMaxLevels entries, strictly increasing from 0 to 1) and
-// copies it into the by-value table kernels take. Reads the (tiny) tensor on the host.
+// Validates `levels` (1-D float32, 2..kMaxLevels entries, no NaN, strictly increasing from 0 to
+// 1: core/levels.h) and copies it into the by-value table kernels take. Reads the (tiny) tensor
+// on the host.
 inline LevelTable level_table_from(const at::Tensor& levels) {
   TORCH_CHECK_VALUE(levels.dim() == 1, "levels must be 1-D, got shape ", levels.sizes());
   TORCH_CHECK_VALUE(levels.scalar_type() == at::kFloat, "levels must be float32, got ",
@@ -80,23 +91,19 @@ inline LevelTable level_table_from(const at::Tensor& levels) {
   TORCH_CHECK_VALUE(count >= 2 && count <= kMaxLevels, "levels must have 2..", kMaxLevels,
                     " entries, got ", count);
   const at::Tensor host = levels.to(at::kCPU).contiguous();
-  const float* v = host.data_ptr<float>();
-  TORCH_CHECK_VALUE(v[0] == 0.0f && v[count - 1] == 1.0f,
-                    "levels must start at 0 and end at 1, got ", v[0], " and ", v[count - 1]);
   LevelTable table{};
-  for (int64_t j = 0; j < count; ++j) {
-    TORCH_CHECK_VALUE(j == 0 || v[j] > v[j - 1], "levels must be strictly increasing, but levels[",
-                      j, "] = ", v[j], " <= levels[", j - 1, "] = ", v[j - 1]);
-    table.value[j] = v[j];
+  std::copy_n(host.data_ptr<float>(), count, table.value);
+  int at = 0;
+  const LevelsStatus status = level_values_status(table.value, count, at);
+  if (status != LevelsStatus::Ok) {
+    char why[200];
+    wire::describe_levels_error(status, table.value, count, at, why, sizeof why);
+    TORCH_CHECK_VALUE(false, why);
   }
   table.count = static_cast<int>(count);
   table.index_bits = index_bits_for(table.count);
   fill_inverse_widths(table);
   return table;
-}
-
-inline int64_t bucket_count(int64_t numel, int64_t bucket_size) {
-  return (numel + bucket_size - 1) / bucket_size;
 }
 
 // `packed` holds exactly the bytes `numel` symbols of `width` bits occupy.

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
+
 #include "common.h"
 
 namespace commcomp {
@@ -17,7 +19,14 @@ inline at::Tensor given_norms(const at::Tensor& norms, const at::Tensor& own, in
   TORCH_CHECK_VALUE(norms.numel() == own.numel(), "norms must hold one entry per bucket of ",
                     bucket_size, " elements: expected ", own.numel(), ", got ", norms.numel());
   TORCH_CHECK_VALUE(norms.device() == own.device(), "norms must be on x's device");
-  TORCH_CHECK_VALUE(norms.numel() == 0 || (norms >= own).all().item<bool>(),
+  if (norms.numel() == 0) return norms.contiguous().clone();
+  // An inf scale would quantize its bucket to zeros, a NaN one would pass no comparison: both
+  // are refused by name, before the comparison with the bucket's own norm.
+  const at::Tensor bad = (~at::isfinite(norms)).nonzero();
+  TORCH_CHECK_VALUE(bad.numel() == 0, "norms must be finite, got ",
+                    bad.numel() ? norms[bad[0].item<int64_t>()].item<float>() : 0.0f,
+                    " for bucket ", bad.numel() ? bad[0].item<int64_t>() : -1);
+  TORCH_CHECK_VALUE((norms >= own).all().item<bool>(),
                     "norms must be >= each bucket's own norm (did every rank contribute?)");
   return norms.contiguous().clone();
 }
@@ -25,8 +34,9 @@ inline at::Tensor given_norms(const at::Tensor& norms, const at::Tensor& own, in
 // dequantize_accumulate's arguments: an fp32 accumulator and matching, decodable payloads.
 inline void check_accumulate_args(const at::Tensor& out, at::TensorList norms,
                                   at::TensorList symbols, const LevelTable& table,
-                                  int64_t bucket_size) {
+                                  int64_t bucket_size, double scale) {
   check_bucket_size(bucket_size);
+  TORCH_CHECK_VALUE(std::isfinite(scale), "scale must be finite, got ", scale);
   check_flat(out, at::kFloat, "out");
   TORCH_CHECK_VALUE(norms.size() == symbols.size(), "norms and symbols must list the same number "
                     "of payloads, got ", norms.size(), " and ", symbols.size());

@@ -4,13 +4,11 @@
 #pragma once
 
 #include "macros.h"
+#include "sizes.h"  // packed_bytes: bytes of n symbols, overflow-free
 
 namespace commcomp {
 
 constexpr int kPackGroup = 8;
-
-// Bytes needed for n symbols of `width` bits.
-COMMCOMP_HD int64_t packed_bytes(int64_t n, int width) { return (n * width + 7) / 8; }
 
 // Packs up to eight symbols (the rest must be zero) into the low 8*width bits.
 COMMCOMP_HD uint64_t pack_group(const uint32_t* symbols, int n, int width) {

@@ -50,6 +50,66 @@ COMMCOMP_HD int find_interval(const float* value, int count, float r) {
   return lo;
 }
 
+// Why a table of level values is not a level table (level_values_status).
+enum class LevelsStatus : int {
+  Ok = 0,
+  BadCount = 1,       // fewer than 2 or more than kMaxLevels entries
+  NotANumber = 2,     // some value is NaN
+  BadEnds = 3,        // the first value is not +0 or the last is not 1
+  NotIncreasing = 4,  // value[at] <= value[at - 1]
+};
+
+COMMCOMP_HD bool is_plus_zero(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v) == 0u;
+#else
+  uint32_t bits = 0;
+  __builtin_memcpy(&bits, &v, sizeof bits);
+  return bits == 0u;
+#endif
+}
+
+// Checks that value[0..count) is a level table: 2..kMaxLevels entries, no NaN, starting at +0
+// (-0 would be a second spelling of the same table) and ending at 1, strictly increasing. On
+// failure `at` is the offending index. Shared by the op argument checks and the wire decoder.
+COMMCOMP_HD LevelsStatus level_values_status(const float* value, int64_t count, int& at) {
+  at = 0;
+  if (count < 2 || count > kMaxLevels) return LevelsStatus::BadCount;
+  for (int j = 0; j < count; ++j) {
+    if (value[j] != value[j]) {
+      at = j;
+      return LevelsStatus::NotANumber;
+    }
+  }
+  if (!is_plus_zero(value[0]) || value[count - 1] != 1.0f) return LevelsStatus::BadEnds;
+  for (int j = 1; j < count; ++j) {
+    if (!(value[j] > value[j - 1])) {
+      at = j;
+      return LevelsStatus::NotIncreasing;
+    }
+  }
+  return LevelsStatus::Ok;
+}
+
+// The named level families, defined here once (commcomp.quantizers.Levels computes the same
+// float32 values):
+//   uniform (QSGD):         value[j] = float32(j) / float32(count - 1), correctly rounded;
+//   exponential (NUQSGD):   0, 2^-(count-2), ..., 1/4, 1/2, 1 (exact powers of two).
+COMMCOMP_HD void uniform_level_values(int count, float* value) {
+  for (int j = 0; j < count; ++j) {
+    value[j] = fdiv_rn(static_cast<float>(j), static_cast<float>(count - 1));
+  }
+}
+
+COMMCOMP_HD void exponential_level_values(int count, float* value) {
+  float v = 1.0f;
+  for (int j = count - 1; j >= 1; --j) {
+    value[j] = v;
+    v = fmul_rn(v, 0.5f);
+  }
+  value[0] = 0.0f;
+}
+
 // Fills inv_width from value (count entries); shared by every backend so all round it alike.
 COMMCOMP_HD void fill_inverse_widths(LevelTable& table) {
   for (int j = 0; j + 1 < table.count; ++j) {

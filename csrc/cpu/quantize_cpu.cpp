@@ -136,7 +136,7 @@ at::Tensor dequantize_cpu(const at::Tensor& norms, const at::Tensor& symbols,
 void dequantize_accumulate_cpu(at::Tensor& out, at::TensorList norms, at::TensorList symbols,
                                const at::Tensor& levels, int64_t bucket_size, double scale) {
   const LevelTable table = level_table_from(levels);
-  check_accumulate_args(out, norms, symbols, table, bucket_size);
+  check_accumulate_args(out, norms, symbols, table, bucket_size, scale);
   std::vector<const float*> norm_ptrs;
   std::vector<const uint8_t*> symbol_ptrs;
   for (size_t k = 0; k < norms.size(); ++k) {

@@ -93,7 +93,7 @@ at::Tensor dequantize_cuda(const at::Tensor& norms, const at::Tensor& symbols,
 void dequantize_accumulate_cuda(at::Tensor& out, at::TensorList norms, at::TensorList symbols,
                                 const at::Tensor& levels, int64_t bucket_size, double scale) {
   const LevelTable table = level_table_from(levels);
-  check_accumulate_args(out, norms, symbols, table, bucket_size);
+  check_accumulate_args(out, norms, symbols, table, bucket_size, scale);
   const c10::cuda::CUDAGuard guard(out.device());
   accumulate_cuda(out, norms, symbols, table, bucket_size, static_cast<float>(scale), false);
 }
