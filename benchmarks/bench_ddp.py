@@ -618,9 +618,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r["loss_after_steps"] = None  # ranks never averaged: the loss of rank 0's model alone
         if local is not None:
             r["vs_compute_only"] = r["median_step_s"] / local["median_step_s"]
-        if r.get("link_bytes_per_step") is not None:
-            r["measured_bytes_per_rank"] = r["link_bytes_per_step"] / r["world_size"]
-        r["model_bytes_per_rank"] = r["model_link_bytes_per_step"] / r["world_size"]
+        world = r.get("world_size")
+        if world and r.get("link_bytes_per_step") is not None:
+            r["measured_bytes_per_rank"] = r["link_bytes_per_step"] / world
+        if world:
+            r["model_bytes_per_rank"] = r["model_link_bytes_per_step"] / world
         if fp32 is not None:
             r["speedup"] = fp32["median_step_s"] / r["median_step_s"]
             if r["loss_after_steps"] is not None:

@@ -168,14 +168,14 @@ def _compressed_average(
             at += size
         received = wire.exchange_fixed(stage, send, sizes, sizes[me])
         gather_size = max(_MIN_FRAME, max(sizes))  # phase-2 frames, padded to the largest chunk's
-        payload_bytes = sum(sizes) + gather_size
+        payload_bytes = sum(sizes)  # the compressed bucket: 2(W-1)/W of it crosses the wire per rank
     else:
         frames = [
             make_frame(state.elias.encode(p, pieces, state.coding, step.iteration).to(device), finite=all_finite(p, device))
             for p, pieces in zip(payloads, chunk_pieces)
         ]
         received = wire.exchange_variable(stage, frames, state.payload_cap(hi - lo), "raise", _HOOK)
-        payload_bytes = sum(f.numel() for f in frames)  # phase-2 Elias sizes are known only later
+        payload_bytes = sum(f.numel() for f in frames)
     state.record(payload_bytes, (hi - lo) * x.element_size())
     phase2 = stage + (1 if fixed else 2)
 
