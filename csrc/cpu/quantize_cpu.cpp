@@ -11,6 +11,7 @@
 #include "../checks/quantize.h"
 #include "../core/bitpack.h"
 #include "../core/quantize.h"
+#include "simd/select.h"
 
 namespace commcomp {
 namespace {
@@ -25,7 +26,13 @@ void bucket_norms_kernel(const scalar_t* x, int64_t n, int64_t bucket_size, Norm
                          float* norms) {
   const int64_t buckets = bucket_count(n, bucket_size);
   const int64_t grain = std::max<int64_t>(1, 65536 / bucket_size);
+  const simd::Kernels* vec = simd::cpu_kernels_for<scalar_t>();
   at::parallel_for(0, buckets, grain, [&](int64_t begin, int64_t end) {
+    if (vec != nullptr) {
+      vec->bucket_norms(x, simd::VectorInput<scalar_t>::type, n, bucket_size,
+                        static_cast<int>(kind), begin, end, norms);
+      return;
+    }
     for (int64_t b = begin; b < end; ++b) {
       float lanes[kNormLanes] = {0.0f};
       const int64_t start = b * bucket_size;
@@ -71,7 +78,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     auto load = [xp](int64_t i) { return static_cast<float>(xp[i]); };
+    const simd::Kernels* vec = simd::cpu_kernels_for<scalar_t>();
+    const simd::QuantizeArgs args{xp, simd::VectorInput<scalar_t>::type, n, norm_ptr, bucket_size,
+                                  table.value, table.inv_width, table.count, width,
+                                  static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), out};
     at::parallel_for(0, group_count(n), kGroupsPerTask, [&](int64_t begin, int64_t end) {
+      // The vector kernels do whole chunks; the scalar loop below does what they leave.
+      if (vec != nullptr) begin = vec->quantize(args, begin, end);
       // Draw a block's uniforms in a loop of its own: independent Philox evaluations the
       // compiler vectorizes, which it cannot do when they are interleaved with the rounding.
       float u[kUniformBlockGroups * kPackGroup];
@@ -100,8 +113,13 @@ void accumulate_cpu(float* out, int64_t n, const std::vector<const float*>& norm
                     int64_t bucket_size, float scale, bool overwrite_first) {
   const int width = table.index_bits + 1;
   std::atomic<bool> valid{true};
+  const simd::Kernels* vec = simd::cpu_kernels();
+  const simd::AccumulateArgs args{out, n, norms.data(), symbols.data(), static_cast<int>(norms.size()),
+                                  bucket_size, table.value, table.count, width, scale,
+                                  overwrite_first};
   at::parallel_for(0, group_count(n), kGroupsPerTask, [&](int64_t begin, int64_t end) {
     bool ok = true;
+    if (vec != nullptr) begin = vec->accumulate(args, begin, end, &ok);
     for (int64_t g = begin; g < end; ++g) {
       const int size = group_size(g, n);
       for (size_t k = 0; k < norms.size(); ++k) {
@@ -152,7 +170,9 @@ at::Tensor pack_symbols_cpu(const at::Tensor& symbols, int64_t width) {
   at::Tensor packed = at::empty({packed_bytes(n, static_cast<int>(width))}, s.options());
   const uint8_t* in = s.data_ptr<uint8_t>();
   uint8_t* out = packed.data_ptr<uint8_t>();
+  const simd::Kernels* vec = simd::cpu_kernels();
   at::parallel_for(0, group_count(n), kGroupsPerTask, [&](int64_t begin, int64_t end) {
+    if (vec != nullptr) begin = vec->pack(in, n, static_cast<int>(width), begin, end, out);
     for (int64_t g = begin; g < end; ++g) {
       uint32_t group[kPackGroup] = {0, 0, 0, 0, 0, 0, 0, 0};
       const int size = group_size(g, n);
@@ -169,7 +189,9 @@ at::Tensor unpack_symbols_cpu(const at::Tensor& packed, int64_t width, int64_t n
   at::Tensor symbols = at::empty({numel}, p.options());
   const uint8_t* in = p.data_ptr<uint8_t>();
   uint8_t* out = symbols.data_ptr<uint8_t>();
+  const simd::Kernels* vec = simd::cpu_kernels();
   at::parallel_for(0, group_count(numel), kGroupsPerTask, [&](int64_t begin, int64_t end) {
+    if (vec != nullptr) begin = vec->unpack(in, numel, static_cast<int>(width), begin, end, out);
     for (int64_t g = begin; g < end; ++g) {
       const int size = group_size(g, numel);
       const uint64_t bits = load_group(in, g, size, static_cast<int>(width));
