@@ -102,25 +102,27 @@ struct Avx2 {
     return _mm256_and_si256(_mm256_andnot_si256(eq, le), _mm256_set1_epi32(1));
   }
 
-  static COMMCOMP_SIMD_INLINE void mulhilo(I a, I b, I& hi, I& lo) {
-    const I even = _mm256_mul_epu32(a, b);
-    const I odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b);
-    hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-    lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  // hi:lo = a * b per lane, with lanes 1 and 2 of each 128-bit half swapped (as on AVX-512).
+  static COMMCOMP_SIMD_INLINE void mulhilo_swapped(I a, I b, I& hi, I& lo) {
+    const __m256 even = _mm256_castsi256_ps(_mm256_mul_epu32(a, b));
+    const __m256 odd = _mm256_castsi256_ps(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), b));
+    hi = _mm256_castps_si256(_mm256_shuffle_ps(even, odd, _MM_SHUFFLE(3, 1, 3, 1)));
+    lo = _mm256_castps_si256(_mm256_shuffle_ps(even, odd, _MM_SHUFFLE(2, 0, 2, 0)));
   }
 
-  // r[k] lane c holds word k of counter c; afterwards r[q] holds elements 8q .. 8q+7: counters
-  // 2q and 2q + 1, words 0..3 of each.
+  // r[k] lane c holds word k of counter c, except that r[2] and r[3] have lanes 1 and 2 of each
+  // 128-bit half swapped; afterwards r[q] holds elements 8q .. 8q+7: counters 2q and 2q + 1,
+  // words 0..3 of each.
   static COMMCOMP_SIMD_INLINE void transpose4(I r[4]) {
-    const I t0 = _mm256_unpacklo_epi32(r[0], r[1]);
-    const I t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-    const I t2 = _mm256_unpacklo_epi32(r[2], r[3]);
-    const I t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    const __m256 t0 = _mm256_castsi256_ps(_mm256_unpacklo_epi32(r[0], r[1]));  // c0 d0 c1 d1
+    const __m256 t1 = _mm256_castsi256_ps(_mm256_unpackhi_epi32(r[0], r[1]));  // c2 d2 c3 d3
+    const __m256 u2 = _mm256_castsi256_ps(_mm256_unpacklo_epi32(r[2], r[3]));  // a0 b0 a2 b2
+    const __m256 u3 = _mm256_castsi256_ps(_mm256_unpackhi_epi32(r[2], r[3]));  // a1 b1 a3 b3
     // s_m, 128-bit half L: the four words of counter 4L + m.
-    const I s0 = _mm256_unpacklo_epi64(t0, t2);
-    const I s1 = _mm256_unpackhi_epi64(t0, t2);
-    const I s2 = _mm256_unpacklo_epi64(t1, t3);
-    const I s3 = _mm256_unpackhi_epi64(t1, t3);
+    const I s0 = _mm256_castps_si256(_mm256_shuffle_ps(t0, u2, _MM_SHUFFLE(1, 0, 1, 0)));
+    const I s1 = _mm256_castps_si256(_mm256_shuffle_ps(t0, u3, _MM_SHUFFLE(1, 0, 3, 2)));
+    const I s2 = _mm256_castps_si256(_mm256_shuffle_ps(t1, u2, _MM_SHUFFLE(3, 2, 1, 0)));
+    const I s3 = _mm256_castps_si256(_mm256_shuffle_ps(t1, u3, _MM_SHUFFLE(3, 2, 3, 2)));
     r[0] = _mm256_permute2x128_si256(s0, s1, 0x20);
     r[1] = _mm256_permute2x128_si256(s2, s3, 0x20);
     r[2] = _mm256_permute2x128_si256(s0, s1, 0x31);
@@ -137,7 +139,8 @@ struct Avx2 {
   static constexpr int kSmallTable = 8;
   static Table make_table(const float* values, int count) {
     Table t;
-    for (int k = 0; k < 128; ++k) t.entries[k] = k < count ? values[k] : 0.0f;
+    for (int k = 0; k < 16; ++k) t.entries[k] = k < count ? values[k] : 0.0f;
+    for (int k = 16; k < count; ++k) t.entries[k] = values[k];  // gathers read indices < count
     t.part[0] = _mm256_loadu_ps(t.entries);
     t.part[1] = _mm256_loadu_ps(t.entries + 8);
     t.count = count;

@@ -96,26 +96,29 @@ struct Avx512 {
     return _mm512_maskz_set1_epi32(_mm512_cmplt_epu32_mask(sum, base), 1);
   }
 
-  // hi:lo = a * b, 32 x 32 -> 64 bits per lane (b's low 32 bits of each 64-bit pair are used).
-  static COMMCOMP_SIMD_INLINE void mulhilo(I a, I b, I& hi, I& lo) {
-    const I even = _mm512_mul_epu32(a, b);
-    const I odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), b);
-    hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-    lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  // hi:lo = a * b, 32 x 32 -> 64 bits per lane (b's low 32 bits of each 64-bit pair are used),
+  // with lanes 1 and 2 of every 128-bit block swapped (shufps takes the words of both products in
+  // two instructions; the swap is its own inverse, see kernels_impl.h: philox_round).
+  static COMMCOMP_SIMD_INLINE void mulhilo_swapped(I a, I b, I& hi, I& lo) {
+    const __m512 even = _mm512_castsi512_ps(_mm512_mul_epu32(a, b));
+    const __m512 odd = _mm512_castsi512_ps(_mm512_mul_epu32(_mm512_srli_epi64(a, 32), b));
+    hi = _mm512_castps_si512(_mm512_shuffle_ps(even, odd, _MM_SHUFFLE(3, 1, 3, 1)));
+    lo = _mm512_castps_si512(_mm512_shuffle_ps(even, odd, _MM_SHUFFLE(2, 0, 2, 0)));
   }
 
-  // r[k] lane c holds word k of counter c; afterwards r[q] holds words 4q .. 4q+3 of the
-  // element order: counter 4q + c/4, word c%4.
+  // r[k] lane c holds word k of counter c, except that r[2] and r[3] have lanes 1 and 2 of every
+  // 128-bit block swapped; afterwards r[q] holds words 4q .. 4q+3 of the element order: counter
+  // 4q + c/4, word c%4.
   static COMMCOMP_SIMD_INLINE void transpose4(I r[4]) {
-    const I t0 = _mm512_unpacklo_epi32(r[0], r[1]);
-    const I t1 = _mm512_unpackhi_epi32(r[0], r[1]);
-    const I t2 = _mm512_unpacklo_epi32(r[2], r[3]);
-    const I t3 = _mm512_unpackhi_epi32(r[2], r[3]);
+    const __m512 t0 = _mm512_castsi512_ps(_mm512_unpacklo_epi32(r[0], r[1]));  // c0 d0 c1 d1
+    const __m512 t1 = _mm512_castsi512_ps(_mm512_unpackhi_epi32(r[0], r[1]));  // c2 d2 c3 d3
+    const __m512 u2 = _mm512_castsi512_ps(_mm512_unpacklo_epi32(r[2], r[3]));  // a0 b0 a2 b2
+    const __m512 u3 = _mm512_castsi512_ps(_mm512_unpackhi_epi32(r[2], r[3]));  // a1 b1 a3 b3
     // s_m, 128-bit block L: the four words of counter 4L + m.
-    const I s0 = _mm512_unpacklo_epi64(t0, t2);
-    const I s1 = _mm512_unpackhi_epi64(t0, t2);
-    const I s2 = _mm512_unpacklo_epi64(t1, t3);
-    const I s3 = _mm512_unpackhi_epi64(t1, t3);
+    const I s0 = _mm512_castps_si512(_mm512_shuffle_ps(t0, u2, _MM_SHUFFLE(1, 0, 1, 0)));
+    const I s1 = _mm512_castps_si512(_mm512_shuffle_ps(t0, u3, _MM_SHUFFLE(1, 0, 3, 2)));
+    const I s2 = _mm512_castps_si512(_mm512_shuffle_ps(t1, u2, _MM_SHUFFLE(3, 2, 1, 0)));
+    const I s3 = _mm512_castps_si512(_mm512_shuffle_ps(t1, u3, _MM_SHUFFLE(3, 2, 3, 2)));
     const I a01 = _mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(1, 0, 1, 0));
     const I a23 = _mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(1, 0, 1, 0));
     const I b01 = _mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(3, 2, 3, 2));
@@ -134,11 +137,15 @@ struct Avx512 {
   // Tables of at most kSmallTable entries take a single permute (lookup<true>).
   static constexpr int kSmallTable = 16;
   static Table make_table(const float* values, int count) {
-    alignas(64) float padded[128] = {0.0f};
-    for (int k = 0; k < count; ++k) padded[k] = values[k];
     Table t;
     t.parts = (count + 15) / 16;
-    for (int p = 0; p < 8; ++p) t.part[p] = _mm512_load_ps(padded + 16 * p);
+    // Lookups select among parts by index bits; parts past the table (never selected) are zero.
+    const int loaded = t.parts <= 2 ? t.parts : t.parts <= 4 ? 4 : 8;
+    for (int p = 0; p < 8; ++p) {
+      const int left = count - 16 * p;
+      const __mmask16 valid = left >= 16 ? 0xFFFF : left > 0 ? static_cast<__mmask16>((1u << left) - 1u) : 0;
+      t.part[p] = p < loaded ? _mm512_maskz_loadu_ps(valid, values + 16 * p) : _mm512_setzero_ps();
+    }
     return t;
   }
   // idx < 16 * parts (< 16 if kSmall).

@@ -168,6 +168,28 @@ struct LaneBuckets {
 struct PhiloxKeys {
   uint32_t k0[10], k1[10];  // the round keys of core::philox4x32_10
   uint32_t offset_lo, offset_hi;
+  // Rounds 0 and 1 for counters whose high word is `head_hi` (all but those near a 2^32 carry):
+  // half of their state is the same in every lane, so those products and XORs are done once.
+  uint32_t head_hi;
+  uint32_t r0_n0, r0_n1, r0_x2;  // round 0: n0, n1 (uniform), n2 = hi(c0 * M0) ^ r0_x2
+  uint32_t r1_x0, r1_x2, r1_n3;  // round 1: n0 = hi(c2 * M1) ^ r1_x0, n2 = n3(round 0) ^ r1_x2
+  uint32_t r2_x2;                // round 2: n2 = hi(c0 * M0) ^ r2_x2
+
+  void set_head(uint32_t hi) {
+    using core::philox_detail::kMul0;
+    using core::philox_detail::kMul1;
+    uint32_t h, l;
+    head_hi = hi;
+    core::philox_detail::mulhilo(kMul1, offset_lo, h, l);  // round 0, c2 = offset_lo
+    r0_n0 = h ^ hi ^ k0[0];
+    r0_n1 = l;
+    r0_x2 = offset_hi ^ k1[0];
+    core::philox_detail::mulhilo(kMul0, r0_n0, h, l);  // round 1, c0 = r0_n0
+    r1_x0 = r0_n1 ^ k0[1];
+    r1_x2 = h ^ k1[1];
+    r1_n3 = l;
+    r2_x2 = r1_n3 ^ k1[2];
+  }
 };
 
 inline PhiloxKeys philox_keys(uint64_t seed, uint64_t offset) {
@@ -181,31 +203,62 @@ inline PhiloxKeys philox_keys(uint64_t seed, uint64_t offset) {
   }
   keys.offset_lo = static_cast<uint32_t>(offset);
   keys.offset_hi = static_cast<uint32_t>(offset >> 32);
+  keys.set_head(0);
   return keys;
+}
+
+// One round of core::philox4x32_10 on W counters. V::mulhilo_swapped returns its products with
+// lanes 1 and 2 of every 128-bit block swapped (S), so words 0 and 1 of the state are kept in lane
+// order and words 2 and 3 in S order: a product of word 0 lands in S order and is combined with
+// word 3, one of word 2 lands in lane order (S twice) and is combined with word 1. The lanes
+// of every XOR agree, and transpose4 undoes S at the end. (Lane-uniform words fit any order.)
+template <class V>
+COMMCOMP_SIMD_INLINE void philox_round(typename V::I c[4], uint32_t key0, uint32_t key1) {
+  using I = typename V::I;
+  I hi0, lo0, hi1, lo1;
+  V::mulhilo_swapped(c[0], V::set1_i(core::philox_detail::kMul0), hi0, lo0);
+  V::mulhilo_swapped(c[2], V::set1_i(core::philox_detail::kMul1), hi1, lo1);
+  c[0] = V::xor_i(V::xor_i(hi1, c[1]), V::set1_i(key0));
+  c[1] = lo1;
+  c[2] = V::xor_i(V::xor_i(hi0, c[3]), V::set1_i(key1));
+  c[3] = lo0;
 }
 
 // The uniforms of elements 4 * counter .. 4 * counter + 4W - 1 in element order (u[q] holds
 // elements 4 * counter + q*W ..): core::uniforms4 of counters counter .. counter + W - 1.
 template <class V>
-COMMCOMP_SIMD_INLINE void chunk_uniforms(const PhiloxKeys& keys, uint64_t counter,
-                                         typename V::F u[4]) {
+COMMCOMP_SIMD_INLINE void chunk_uniforms(PhiloxKeys& keys, uint64_t counter, typename V::F u[4]) {
   using I = typename V::I;
-  const I base_lo = V::set1_i(static_cast<uint32_t>(counter));
+  const uint32_t counter_lo = static_cast<uint32_t>(counter);
+  const uint32_t counter_hi = static_cast<uint32_t>(counter >> 32);
+  const I lo = V::add_i(V::set1_i(counter_lo), V::iota());
   I c[4];
-  c[0] = V::add_i(base_lo, V::iota());
-  c[1] = V::add_i(V::set1_i(static_cast<uint32_t>(counter >> 32)), V::carry(c[0], base_lo));
-  c[2] = V::set1_i(keys.offset_lo);
-  c[3] = V::set1_i(keys.offset_hi);
-  const I mul0 = V::set1_i(core::philox_detail::kMul0);
-  const I mul1 = V::set1_i(core::philox_detail::kMul1);
-  for (int round = 0; round < 10; ++round) {
-    I hi0, lo0, hi1, lo1;
-    V::mulhilo(c[0], mul0, hi0, lo0);
-    V::mulhilo(c[2], mul1, hi1, lo1);
-    c[0] = V::xor_i(V::xor_i(hi1, c[1]), V::set1_i(keys.k0[round]));
+  if (counter_lo <= 0xFFFFFFFFu - (V::W - 1)) {  // one high word in every lane
+    if (counter_hi != keys.head_hi) keys.set_head(counter_hi);
+    using core::philox_detail::kMul0;
+    using core::philox_detail::kMul1;
+    I hi, low;
+    V::mulhilo_swapped(lo, V::set1_i(kMul0), hi, low);  // round 0
+    const I n2 = V::xor_i(hi, V::set1_i(keys.r0_x2)), n3 = low;
+    V::mulhilo_swapped(n2, V::set1_i(kMul1), hi, low);  // round 1: c0 uniform, c2 = n2
+    c[0] = V::xor_i(hi, V::set1_i(keys.r1_x0));
+    c[1] = low;
+    c[2] = V::xor_i(n3, V::set1_i(keys.r1_x2));
+    I hi0, lo0, hi1, lo1;  // round 2: c3 = keys.r1_n3, uniform
+    V::mulhilo_swapped(c[0], V::set1_i(kMul0), hi0, lo0);
+    V::mulhilo_swapped(c[2], V::set1_i(kMul1), hi1, lo1);
+    c[0] = V::xor_i(V::xor_i(hi1, c[1]), V::set1_i(keys.k0[2]));
     c[1] = lo1;
-    c[2] = V::xor_i(V::xor_i(hi0, c[3]), V::set1_i(keys.k1[round]));
+    c[2] = V::xor_i(hi0, V::set1_i(keys.r2_x2));
     c[3] = lo0;
+    for (int round = 3; round < 10; ++round) philox_round<V>(c, keys.k0[round], keys.k1[round]);
+  } else {  // the low word wraps inside this vector: the carry goes into word 1
+    const I base = V::set1_i(counter_lo);
+    c[0] = lo;
+    c[1] = V::add_i(V::set1_i(counter_hi), V::carry(lo, base));
+    c[2] = V::set1_i(keys.offset_lo);
+    c[3] = V::set1_i(keys.offset_hi);
+    for (int round = 0; round < 10; ++round) philox_round<V>(c, keys.k0[round], keys.k1[round]);
   }
   V::transpose4(c);
   // core::uint_to_unit_float
@@ -247,15 +300,28 @@ struct IntervalSearch {
     small = intervals <= V::kSmallTable;
   }
 
+  // The interval j of r, and levels[j] in `low`: looked up at the end from small tables, tracked
+  // through the walk otherwise (the last node taken is levels[j]; none taken: j = 0, levels[0] = 0).
   template <bool kSmall>
-  COMMCOMP_SIMD_INLINE typename V::I find(typename V::F r) const {
+  COMMCOMP_SIMD_INLINE typename V::I find(typename V::F r, typename V::F& low_value) const {
+    using F = typename V::F;
     using I = typename V::I;
-    if (steps == 0) return V::set1_i(0);
-    // k: the node of the current level; k' = 2k + (node value <= r); after the last level, j.
-    I k = V::increment(V::set1_i(0), V::le(V::set1(root), r));
-    for (int s = 1; s < steps; ++s) {
-      k = V::increment(V::add_i(k, k), V::le(V::template lookup<kSmall>(level[s], k), r));
+    if (steps == 0) {
+      low_value = V::set1(0.0f);
+      return V::set1_i(0);
     }
+    // k: the node of the current level; k' = 2k + (node value <= r); after the last level, j.
+    const F top = V::set1(root);
+    auto take = V::le(top, r);
+    I k = V::increment(V::set1_i(0), take);
+    F tracked = V::select(take, top, V::set1(0.0f));
+    for (int s = 1; s < steps; ++s) {
+      const F node = V::template lookup<kSmall>(level[s], k);
+      take = V::le(node, r);
+      k = V::increment(V::add_i(k, k), take);
+      if (!kSmall) tracked = V::select(take, node, tracked);
+    }
+    low_value = kSmall ? V::template lookup<true>(low, k) : tracked;
     return k;
   }
 };
@@ -269,9 +335,9 @@ COMMCOMP_SIMD_INLINE typename V::I quantize_lanes(typename V::F x, typename V::F
   using I = typename V::I;
   // |x| with +0 for -0: both give r = 0, interval 0 and p = 0 (up never), as fabs_hd's -0 does.
   const F r = V::min(V::div(V::clear_sign(x), norm), V::set1(1.0f));
-  const I j = search.template find<kSmall>(r);
-  const F p = V::mul(V::sub(r, V::template lookup<kSmall>(search.low, j)),
-                     V::template lookup<kSmall>(search.inv_width, j));
+  F low;
+  const I j = search.template find<kSmall>(r, low);
+  const F p = V::mul(V::sub(r, low), V::template lookup<kSmall>(search.inv_width, j));
   const I index = V::increment(j, V::lt(u, p));
   // Sign bit: x < 0 and index != 0.
   const I sign = V::and_i(V::min_u(index, V::set1_i(1)), V::mask_to_int(V::lt(x, V::set1(0.0f))));
@@ -291,7 +357,7 @@ int64_t quantize_chunks(const QuantizeArgs& a, const T* x, int64_t begin, int64_
   using F = typename V::F;
   using I = typename V::I;
   const typename V::Packer packer = V::make_packer(a.width);
-  const PhiloxKeys keys = philox_keys(a.seed, a.offset);
+  PhiloxKeys keys = philox_keys(a.seed, a.offset);
   const int64_t buckets = (a.n + a.bucket_size - 1) / a.bucket_size;
   LaneBuckets<V> lanes(begin * core::kPackGroup, a.bucket_size, buckets);
   const I zero = V::set1_i(0);
