@@ -18,15 +18,25 @@ namespace {
 
 // Packing groups per parallel task: ~64K elements, enough work to amortize scheduling.
 constexpr int64_t kGroupsPerTask = 8192;
+// The vector kernels do the same work in a fraction of the time, so their tasks take more elements
+// (each about 50 us of one core): a tensor too small to pay for a second thread runs inline, and a
+// large one (a DDP bucket of a few MB) still splits over every core.
+constexpr int64_t kVectorNormElementsPerTask = 1 << 19;
+constexpr int64_t kVectorDecodeGroupsPerTask = 1 << 15;  // per payload decoded
+constexpr int64_t kVectorPackGroupsPerTask = 1 << 16;
 // Packing groups whose uniforms are drawn together (a 2 KiB stack buffer).
 constexpr int64_t kUniformBlockGroups = 64;
+// Elements whose norms the fused vector quantize computes just before rounding them, while they
+// are still in cache (64 KiB of fp32).
+constexpr int64_t kFusedBlockElements = 1 << 14;
 
 template <typename scalar_t>
 void bucket_norms_kernel(const scalar_t* x, int64_t n, int64_t bucket_size, NormKind kind,
                          float* norms) {
   const int64_t buckets = bucket_count(n, bucket_size);
-  const int64_t grain = std::max<int64_t>(1, 65536 / bucket_size);
   const simd::Kernels* vec = simd::cpu_kernels_for<scalar_t>();
+  const int64_t grain =
+      std::max<int64_t>(1, (vec != nullptr ? kVectorNormElementsPerTask : 65536) / bucket_size);
   at::parallel_for(0, buckets, grain, [&](int64_t begin, int64_t end) {
     if (vec != nullptr) {
       vec->bucket_norms(x, simd::VectorInput<scalar_t>::type, n, bucket_size,
@@ -58,6 +68,75 @@ at::Tensor bucket_norms_cpu(const at::Tensor& x, int64_t bucket_size, const std:
   return norms;
 }
 
+// Quantizes packing groups [begin, end) with the scalar core: the scalar path, and the tails the
+// vector kernels leave.
+template <typename Load>
+void quantize_groups_scalar(Load load, const simd::QuantizeArgs& a, int64_t begin, int64_t end) {
+  // Draw a block's uniforms in a loop of its own: independent Philox evaluations the
+  // compiler vectorizes, which it cannot do when they are interleaved with the rounding.
+  float u[kUniformBlockGroups * kPackGroup];
+  for (int64_t block = begin; block < end; block += kUniformBlockGroups) {
+    const int64_t stop = std::min(end, block + kUniformBlockGroups);
+    for (int64_t g = block; g < stop; ++g) {
+      group_uniforms(a.seed, a.offset, g, u + (g - block) * kPackGroup);
+    }
+    for (int64_t g = block; g < stop; ++g) {
+      const int size = group_size(g, a.n);
+      const uint64_t bits = quantize_group_with(load, g, size, a.norms, a.bucket_size, a.levels,
+                                                a.inv_width, a.count, a.width,
+                                                u + (g - block) * kPackGroup);
+      store_group(a.out, g, bits, size, a.width);
+    }
+  }
+}
+
+// Norms and symbols in one pass over x where a vector path runs: blocks of whole buckets, each
+// block's norms computed just before its elements are rounded, so x is read from memory once.
+// Bit-identical to the two passes (same norms, same rounding); nullopt on the scalar path.
+std::optional<std::tuple<at::Tensor, at::Tensor>> quantize_fused_cpu(
+    const at::Tensor& x, const LevelTable& table, int64_t bucket_size, const std::string& norm,
+    int64_t seed, int64_t offset) {
+  check_gradient(x);
+  check_bucket_size(bucket_size);
+  const NormKind kind = parse_norm(norm);
+  std::optional<std::tuple<at::Tensor, at::Tensor>> result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize", [&] {
+    const simd::Kernels* vec = simd::cpu_kernels_for<scalar_t>();
+    if (vec == nullptr) return;
+    const int64_t n = x.numel();
+    const int64_t buckets = bucket_count(n, bucket_size);
+    const int width = table.index_bits + 1;
+    at::Tensor norms = at::empty({buckets}, x.options().dtype(at::kFloat));
+    at::Tensor symbols = at::empty({packed_bytes(n, width)}, x.options().dtype(at::kByte));
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    float* norm_ptr = norms.data_ptr<float>();
+    const simd::QuantizeArgs args{xp, simd::VectorInput<scalar_t>::type, n, norm_ptr, bucket_size,
+                                  table.value, table.inv_width, table.count, width,
+                                  static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                                  symbols.data_ptr<uint8_t>()};
+    auto load = [xp](int64_t i) { return static_cast<float>(xp[i]); };
+    // A block is a multiple of the fewest buckets that end on a packing-group boundary, so blocks
+    // share no output byte.
+    int64_t aligned = 1;
+    while ((aligned * bucket_size) % kPackGroup != 0) ++aligned;
+    const int64_t per_block = std::max<int64_t>(1, kFusedBlockElements / (aligned * bucket_size)) * aligned;
+    const int64_t blocks = (buckets + per_block - 1) / per_block;
+    const int64_t grain = std::max<int64_t>(1, kGroupsPerTask * kPackGroup / (per_block * bucket_size));
+    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t first = block * per_block, last = std::min(buckets, first + per_block);
+        vec->bucket_norms(xp, simd::VectorInput<scalar_t>::type, n, bucket_size,
+                          static_cast<int>(kind), first, last, norm_ptr);
+        const int64_t group_end = last == buckets ? group_count(n) : last * bucket_size / kPackGroup;
+        const int64_t done = vec->quantize(args, first * bucket_size / kPackGroup, group_end);
+        quantize_groups_scalar(load, args, done, group_end);
+      }
+    });
+    result.emplace(norms, symbols);
+  });
+  return result;
+}
+
 std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::Tensor& levels,
                                                 int64_t bucket_size, const std::string& norm,
                                                 int64_t seed, int64_t offset,
@@ -65,6 +144,14 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
                                                 bool allow_nonfinite) {
   check_seed(seed, offset);
   const LevelTable table = level_table_from(levels);
+  if (!given.has_value()) {
+    if (auto fused = quantize_fused_cpu(x, table, bucket_size, norm, seed, offset)) {
+      // A non-finite bucket is an error unless the caller reads it from the returned norms (its
+      // symbols are then all zero).
+      if (!allow_nonfinite) check_finite_norms(std::get<0>(*fused));
+      return *fused;
+    }
+  }
   at::Tensor norms = bucket_norms_cpu(x, bucket_size, norm);
   // Shared scales must cover finite buckets; otherwise a non-finite bucket is an error unless the
   // caller reads it from the returned norms (its symbols are then all zero).
@@ -83,25 +170,9 @@ std::tuple<at::Tensor, at::Tensor> quantize_cpu(const at::Tensor& x, const at::T
                                   table.value, table.inv_width, table.count, width,
                                   static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), out};
     at::parallel_for(0, group_count(n), kGroupsPerTask, [&](int64_t begin, int64_t end) {
-      // The vector kernels do whole chunks; the scalar loop below does what they leave.
+      // The vector kernels do whole chunks; the scalar loop does what they leave.
       if (vec != nullptr) begin = vec->quantize(args, begin, end);
-      // Draw a block's uniforms in a loop of its own: independent Philox evaluations the
-      // compiler vectorizes, which it cannot do when they are interleaved with the rounding.
-      float u[kUniformBlockGroups * kPackGroup];
-      for (int64_t block = begin; block < end; block += kUniformBlockGroups) {
-        const int64_t stop = std::min(end, block + kUniformBlockGroups);
-        for (int64_t g = block; g < stop; ++g) {
-          group_uniforms(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), g,
-                         u + (g - block) * kPackGroup);
-        }
-        for (int64_t g = block; g < stop; ++g) {
-          const int size = group_size(g, n);
-          const uint64_t bits = quantize_group_with(load, g, size, norm_ptr, bucket_size,
-                                                    table.value, table.inv_width, table.count,
-                                                    width, u + (g - block) * kPackGroup);
-          store_group(out, g, bits, size, width);
-        }
-      }
+      quantize_groups_scalar(load, args, begin, end);
     });
   });
   return {norms, symbols};
@@ -117,7 +188,11 @@ void accumulate_cpu(float* out, int64_t n, const std::vector<const float*>& norm
   const simd::AccumulateArgs args{out, n, norms.data(), symbols.data(), static_cast<int>(norms.size()),
                                   bucket_size, table.value, table.count, width, scale,
                                   overwrite_first};
-  at::parallel_for(0, group_count(n), kGroupsPerTask, [&](int64_t begin, int64_t end) {
+  const int64_t grain =
+      vec != nullptr
+          ? std::max<int64_t>(kGroupsPerTask, kVectorDecodeGroupsPerTask / std::max<int64_t>(1, norms.size()))
+          : kGroupsPerTask;
+  at::parallel_for(0, group_count(n), grain, [&](int64_t begin, int64_t end) {
     bool ok = true;
     if (vec != nullptr) begin = vec->accumulate(args, begin, end, &ok);
     for (int64_t g = begin; g < end; ++g) {
@@ -171,7 +246,8 @@ at::Tensor pack_symbols_cpu(const at::Tensor& symbols, int64_t width) {
   const uint8_t* in = s.data_ptr<uint8_t>();
   uint8_t* out = packed.data_ptr<uint8_t>();
   const simd::Kernels* vec = simd::cpu_kernels();
-  at::parallel_for(0, group_count(n), kGroupsPerTask, [&](int64_t begin, int64_t end) {
+  const int64_t grain = vec != nullptr ? kVectorPackGroupsPerTask : kGroupsPerTask;
+  at::parallel_for(0, group_count(n), grain, [&](int64_t begin, int64_t end) {
     if (vec != nullptr) begin = vec->pack(in, n, static_cast<int>(width), begin, end, out);
     for (int64_t g = begin; g < end; ++g) {
       uint32_t group[kPackGroup] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -190,7 +266,8 @@ at::Tensor unpack_symbols_cpu(const at::Tensor& packed, int64_t width, int64_t n
   const uint8_t* in = p.data_ptr<uint8_t>();
   uint8_t* out = symbols.data_ptr<uint8_t>();
   const simd::Kernels* vec = simd::cpu_kernels();
-  at::parallel_for(0, group_count(numel), kGroupsPerTask, [&](int64_t begin, int64_t end) {
+  const int64_t grain = vec != nullptr ? kVectorPackGroupsPerTask : kGroupsPerTask;
+  at::parallel_for(0, group_count(numel), grain, [&](int64_t begin, int64_t end) {
     if (vec != nullptr) begin = vec->unpack(in, numel, static_cast<int>(width), begin, end, out);
     for (int64_t g = begin; g < end; ++g) {
       const int size = group_size(g, numel);
