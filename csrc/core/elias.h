@@ -489,6 +489,30 @@ COMMCOMP_HD void elias_encode_bucket(const uint8_t* packed, int width, int64_t b
   elias_encode_bucket(packed, width, begin, end, DirectCoder{code}, out);
 }
 
+// Most bytes the coding of `count` elements takes, for encoders that write before they know the
+// length: a group of r zeros and a symbol costs length(r + 1) + length(index) + 1 bits, at most 19
+// per element (r = 0: 1 + 17 + 1; every code of v < 256 is <= 17 bits and of 2 <= 4 bits), and a
+// final run at most 127 bits (a gamma code of a value < 2^64).
+COMMCOMP_HD int64_t elias_bucket_bound_bytes(int64_t count) { return (19 * count + 127 + 7) / 8; }
+
+// elias_encode_bucket in one pass with elias_bucket_bits's check: the bytes written at `out` (at
+// most elias_bucket_bound_bytes(end - begin)), or -1 if a symbol is not codable (the bytes are
+// then meaningless). The same bytes as the two-pass encoding.
+template <typename Coder>
+COMMCOMP_HD int64_t elias_encode_bucket_checked(const uint8_t* packed, int width, int num_levels,
+                                                int64_t begin, int64_t end, const Coder& coder,
+                                                uint8_t* out) {
+  BitWriter w(out);
+  bool ok = true;
+  const int64_t tail = scan_symbols(packed, width, begin, end, [&](int64_t run, uint32_t symbol) {
+    ok &= codable_symbol(symbol, num_levels);
+    coder.write_group(w, static_cast<uint64_t>(run) + 1, symbol >> 1, symbol & 1u);
+  });
+  if (tail > 0) coder.write(w, static_cast<uint64_t>(tail) + 1);
+  w.finish();
+  return ok ? static_cast<int64_t>(w.out - out) : -1;
+}
+
 // ---- Packed writer: LSB-first symbols from a byte-aligned start ------------------------------
 
 struct PackedWriter {
@@ -587,18 +611,28 @@ COMMCOMP_HD EliasStatus elias_decode_bucket(const uint8_t* data, int64_t nbytes,
                                             const DecodeTable* table = nullptr) {
   BitReader r(data, nbytes);
   int64_t done = 0;
+  constexpr int kWindow = 57;  // bits peek() guarantees
   while (done < count) {
     if (table != nullptr && r.remaining() >= DecodeTable::kDecodeBits) {
-      const DecodeTable::Entry e = table->entry[r.peek() >> (64 - DecodeTable::kDecodeBits)];
-      // A group whose symbol would land at or past the bucket end is a final run (or an
-      // error): the slow path decides.
-      if (e.bits != 0 && e.run < count - done) {
+      // Table hits straight from one peeked window: each lookup is a shift of a register, not a
+      // load at the new position (that dependency chain is what a symbol costs).
+      const uint64_t window = r.peek();
+      const int64_t left = r.remaining();
+      int used = 0;
+      while (done < count && used + DecodeTable::kDecodeBits <= kWindow &&
+             used + DecodeTable::kDecodeBits <= left) {
+        const DecodeTable::Entry e =
+            table->entry[(window << used) >> (64 - DecodeTable::kDecodeBits)];
+        // A group whose symbol would land at or past the bucket end is a final run (or an
+        // error): the slow path decides.
+        if (e.bits == 0 || e.run >= count - done) break;
         if (e.run != 0) sink.zeros(static_cast<int64_t>(e.run) * width);
         sink.put(e.symbol, width);
-        r.pos += e.bits;
+        used += e.bits;
         done += e.run + 1;
-        continue;
       }
+      r.pos += used;
+      if (used > 0) continue;
     }
     uint64_t v = 0;
     EliasStatus s = read_elias(r, code, static_cast<uint64_t>(count - done) + 1, v);
