@@ -611,28 +611,18 @@ COMMCOMP_HD EliasStatus elias_decode_bucket(const uint8_t* data, int64_t nbytes,
                                             const DecodeTable* table = nullptr) {
   BitReader r(data, nbytes);
   int64_t done = 0;
-  constexpr int kWindow = 57;  // bits peek() guarantees
   while (done < count) {
     if (table != nullptr && r.remaining() >= DecodeTable::kDecodeBits) {
-      // Table hits straight from one peeked window: each lookup is a shift of a register, not a
-      // load at the new position (that dependency chain is what a symbol costs).
-      const uint64_t window = r.peek();
-      const int64_t left = r.remaining();
-      int used = 0;
-      while (done < count && used + DecodeTable::kDecodeBits <= kWindow &&
-             used + DecodeTable::kDecodeBits <= left) {
-        const DecodeTable::Entry e =
-            table->entry[(window << used) >> (64 - DecodeTable::kDecodeBits)];
-        // A group whose symbol would land at or past the bucket end is a final run (or an
-        // error): the slow path decides.
-        if (e.bits == 0 || e.run >= count - done) break;
+      const DecodeTable::Entry e = table->entry[r.peek() >> (64 - DecodeTable::kDecodeBits)];
+      // A group whose symbol would land at or past the bucket end is a final run (or an
+      // error): the slow path decides.
+      if (e.bits != 0 && e.run < count - done) {
         if (e.run != 0) sink.zeros(static_cast<int64_t>(e.run) * width);
         sink.put(e.symbol, width);
-        used += e.bits;
+        r.pos += e.bits;
         done += e.run + 1;
+        continue;
       }
-      r.pos += used;
-      if (used > 0) continue;
     }
     uint64_t v = 0;
     EliasStatus s = read_elias(r, code, static_cast<uint64_t>(count - done) + 1, v);
