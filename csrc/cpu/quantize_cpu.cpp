@@ -71,7 +71,10 @@ at::Tensor bucket_norms_cpu(const at::Tensor& x, int64_t bucket_size, const std:
 // Quantizes packing groups [begin, end) with the scalar core: the scalar path, and the tails the
 // vector kernels leave.
 template <typename Load>
-void quantize_groups_scalar(Load load, const simd::QuantizeArgs& a, int64_t begin, int64_t end) {
+void quantize_groups_scalar(Load load, const simd::QuantizeArgs& args, int64_t begin, int64_t end) {
+  // A copy: bytes stored through args.out may alias the fields of a reference, which would then be
+  // reloaded for every group.
+  const simd::QuantizeArgs a = args;
   // Draw a block's uniforms in a loop of its own: independent Philox evaluations the
   // compiler vectorizes, which it cannot do when they are interleaved with the rounding.
   float u[kUniformBlockGroups * kPackGroup];
