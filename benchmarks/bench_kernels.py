@@ -244,7 +244,8 @@ def plot(rows: list[dict], device: torch.device, png) -> None:
     for r in sel:
         if r["op"] not in KERNEL_OPS and r["op"] != "copy_":
             ax.axhline(r["pct_of_copy"], ls=":", lw=1, color="gray")
-            ax.text(len(groups) - 0.4, r["pct_of_copy"], f" {r['op']}", va="center", fontsize=7, color="gray")
+            ax.text(-0.4, r["pct_of_copy"], f"{r['op']} ({r['pct_of_copy']:.0f}%)", va="bottom", ha="left",
+                    fontsize=7, color="gray")
     ax.axhline(100, color="k", lw=1)
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
     ax.set_xticklabels([f"{op}\n{bits}b" if bits else op for op, bits in groups], fontsize=7)
