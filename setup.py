@@ -42,11 +42,13 @@ def _sources(pattern: str) -> list[str]:
 
 
 use_cuda = _want_cuda()
-# CPU builds compile the schemas and the CPU backend only; the CUDA bindings
+# CPU builds compile the schemas and the CPU backend only (its vector kernels, csrc/cpu/simd, pick
+# their ISA per file with target pragmas and are chosen at run time: no -march here); the CUDA bindings
 # (csrc/cuda/*_binding.cpp, next to the kernels they launch) need CUDA headers and are compiled
 # only together with the kernels.
 # csrc/composite/ holds ops implemented once for every device (CompositeExplicitAutograd).
-sources = _sources("csrc/ops.cpp") + _sources("csrc/composite/*.cpp") + _sources("csrc/cpu/*.cpp")
+sources = (_sources("csrc/ops.cpp") + _sources("csrc/composite/*.cpp") + _sources("csrc/cpu/*.cpp")
+           + _sources("csrc/cpu/simd/*.cpp"))
 # -ffp-contract=off: no FMA contraction, so the CPU matches CUDA's explicit _rn arithmetic.
 cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-math-errno"]
 extra = {"cxx": cxx_flags}

@@ -45,4 +45,6 @@ TORCH_LIBRARY(commcomp, m) {
       " -> (Tensor, Tensor, Tensor, Tensor)");
   // Adaptive-level statistics (csrc/core/stats.h).
   m.def("level_stats(Tensor x, Tensor norms, int bucket_size, int bins) -> Tensor");
+  // Diagnostics (csrc/cpu/simd): the CPU kernel paths this machine supports, scalar first.
+  m.def("_cpu_paths() -> str[]");
 }

@@ -14,6 +14,26 @@ sys.path.insert(0, TESTS)  # lets tests import _dist
 sys.path.insert(0, EXAMPLES)
 
 
+# The CPU kernel paths (csrc/cpu/simd): "scalar" is the core loops, the others vector kernels this
+# machine may or may not support. Tests that take the `cpu_path` fixture run once per path.
+CPU_PATHS = ("scalar", "avx2", "avx512")
+
+
+def supported_cpu_paths() -> list[str]:
+    import commcomp  # noqa: F401  (registers torch.ops.commcomp)
+
+    return list(torch.ops.commcomp._cpu_paths())
+
+
+@pytest.fixture(params=CPU_PATHS)
+def cpu_path(request, monkeypatch):
+    """Forces the CPU kernels onto one path (COMMCOMP_CPU_PATH, read at every op call)."""
+    if request.param not in supported_cpu_paths():
+        pytest.skip(f"this CPU has no {request.param} path")
+    monkeypatch.setenv("COMMCOMP_CPU_PATH", request.param)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)

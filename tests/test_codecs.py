@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import commcomp
@@ -120,7 +120,9 @@ def quantizers(draw):
     return {"qsgd": QSGD, "qsgdinf": QSGDInf, "nuqsgd": NUQSGD}[kind](bits=bits, bucket_size=bucket)
 
 
-@settings(max_examples=150, deadline=None)
+# Once per CPU kernel path: the fixture only sets COMMCOMP_CPU_PATH, the same for every example.
+@pytest.mark.usefixtures("cpu_path")
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     quantizer=quantizers(),
     n=st.integers(0, 1500),
@@ -153,6 +155,7 @@ def test_round_trip_is_exact(quantizer, n, sparsity, scale, coding, dtype, seed)
     assert h.payload_bytes == payload.numel()
 
 
+@pytest.mark.usefixtures("cpu_path")
 def test_decode_without_expected_reconstructs_levels():
     for quantizer in (QSGD(bits=3, bucket_size=64), NUQSGD(bits=5, bucket_size=64),
                       FixedLevels([0.0, 0.1, 0.35, 1.0], bucket_size=64)):
@@ -269,6 +272,7 @@ def test_cuda_matches_cpu(coding):
             assert torch.equal(codecs.encode(codecs.decode(broken, quantizer), coding).cpu(), broken.cpu())
 
 
+@pytest.mark.usefixtures("cpu_path")
 def test_tensor_codec_round_trip_and_rejects_garbage():
     from commcomp.codecs import TensorCodec
 

@@ -489,6 +489,30 @@ COMMCOMP_HD void elias_encode_bucket(const uint8_t* packed, int width, int64_t b
   elias_encode_bucket(packed, width, begin, end, DirectCoder{code}, out);
 }
 
+// Most bytes the coding of `count` elements takes, for encoders that write before they know the
+// length: a group of r zeros and a symbol costs length(r + 1) + length(index) + 1 bits, at most 19
+// per element (r = 0: 1 + 17 + 1; every code of v < 256 is <= 17 bits and of 2 <= 4 bits), and a
+// final run at most 127 bits (a gamma code of a value < 2^64).
+COMMCOMP_HD int64_t elias_bucket_bound_bytes(int64_t count) { return (19 * count + 127 + 7) / 8; }
+
+// elias_encode_bucket in one pass with elias_bucket_bits's check: the bytes written at `out` (at
+// most elias_bucket_bound_bytes(end - begin)), or -1 if a symbol is not codable (the bytes are
+// then meaningless). The same bytes as the two-pass encoding.
+template <typename Coder>
+COMMCOMP_HD int64_t elias_encode_bucket_checked(const uint8_t* packed, int width, int num_levels,
+                                                int64_t begin, int64_t end, const Coder& coder,
+                                                uint8_t* out) {
+  BitWriter w(out);
+  bool ok = true;
+  const int64_t tail = scan_symbols(packed, width, begin, end, [&](int64_t run, uint32_t symbol) {
+    ok &= codable_symbol(symbol, num_levels);
+    coder.write_group(w, static_cast<uint64_t>(run) + 1, symbol >> 1, symbol & 1u);
+  });
+  if (tail > 0) coder.write(w, static_cast<uint64_t>(tail) + 1);
+  w.finish();
+  return ok ? static_cast<int64_t>(w.out - out) : -1;
+}
+
 // ---- Packed writer: LSB-first symbols from a byte-aligned start ------------------------------
 
 struct PackedWriter {

@@ -1,11 +1,13 @@
-// CPU backend of the Elias codec ops: per-bucket bit lengths, a prefix sum, then per-bucket
-// writes (encode); per-chunk decodes at offsets from the prefix sum of the bucket lengths.
+// CPU backend of the Elias codec ops: per-block codings into buffers of their own, a prefix sum of
+// the bucket lengths, then one copy per block (encode); per-chunk decodes at offsets from the
+// prefix sum of the bucket lengths.
 // Buckets are independent, so both directions run under at::parallel_for.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -19,6 +21,25 @@ namespace {
 
 // Buckets per parallel task: enough coordinates (~64K) to amortize scheduling.
 int64_t bucket_grain(int64_t bucket_size) { return std::max<int64_t>(1, 65536 / bucket_size); }
+
+// A growable byte buffer that does not zero what it allocates (the encoder writes every byte it
+// keeps).
+struct ByteBuffer {
+  std::unique_ptr<uint8_t[]> data;
+  int64_t size = 0, capacity = 0;
+
+  // Room for `bytes` more bytes after `size`.
+  uint8_t* room(int64_t bytes) {
+    if (size + bytes > capacity) {
+      const int64_t grown = std::max(size + bytes, 2 * capacity);
+      std::unique_ptr<uint8_t[]> bigger(new uint8_t[static_cast<size_t>(grown)]);
+      if (size > 0) std::memcpy(bigger.get(), data.get(), static_cast<size_t>(size));
+      data = std::move(bigger);
+      capacity = grown;
+    }
+    return data.get() + size;
+  }
+};
 
 // Lowest failing bucket over all tasks, so the error message does not depend on scheduling.
 struct FirstError {
@@ -45,16 +66,28 @@ std::tuple<at::Tensor, at::Tensor> elias_encode_cpu(const at::Tensor& packed, in
   int64_t* lengths = bucket_bytes.data_ptr<int64_t>();
   const TableCoder coder(a.code);
   FirstError error;
-  at::parallel_for(0, a.buckets, bucket_grain(bucket_size), [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t first = b * bucket_size;
-      const int64_t bits = elias_bucket_bits(in, a.width, a.num_levels, first,
-                                             std::min(numel, first + bucket_size), coder);
-      if (bits < 0) {
-        error.record(b, EliasStatus::BadSymbol);
-        lengths[b] = 0;
-      } else {
-        lengths[b] = (bits + 7) / 8;
+  // One pass: each block of buckets is coded into a buffer of its own (sized by the worst case,
+  // never zero-filled), then copied to its offset once every length is known.
+  const int64_t per_block = bucket_grain(bucket_size);
+  const int64_t blocks = (a.buckets + per_block - 1) / per_block;
+  std::vector<ByteBuffer> coded(static_cast<size_t>(blocks));
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      ByteBuffer& buffer = coded[static_cast<size_t>(block)];
+      const int64_t last = std::min(a.buckets, (block + 1) * per_block);
+      for (int64_t b = block * per_block; b < last; ++b) {
+        const int64_t first = b * bucket_size;
+        const int64_t stop = std::min(numel, first + bucket_size);
+        uint8_t* at = buffer.room(elias_bucket_bound_bytes(stop - first));
+        const int64_t bytes = elias_encode_bucket_checked(in, a.width, a.num_levels, first, stop,
+                                                          coder, at);
+        if (bytes < 0) {
+          error.record(b, EliasStatus::BadSymbol);
+          lengths[b] = 0;
+        } else {
+          lengths[b] = bytes;
+          buffer.size += bytes;
+        }
       }
     }
   });
@@ -67,11 +100,10 @@ std::tuple<at::Tensor, at::Tensor> elias_encode_cpu(const at::Tensor& packed, in
   for (int64_t b = 0; b < a.buckets; ++b) offsets[b + 1] = offsets[b] + lengths[b];
   at::Tensor stream = at::empty({offsets[a.buckets]}, packed.options());
   uint8_t* out = stream.data_ptr<uint8_t>();
-  at::parallel_for(0, a.buckets, bucket_grain(bucket_size), [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t first = b * bucket_size;
-      elias_encode_bucket(in, a.width, first, std::min(numel, first + bucket_size), coder,
-                          out + offsets[b]);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const ByteBuffer& buffer = coded[static_cast<size_t>(block)];
+      if (buffer.size > 0) std::memcpy(out + offsets[block * per_block], buffer.data.get(), buffer.size);
     }
   });
   return {bucket_bytes, stream};

@@ -245,13 +245,46 @@ static void test_bucket_round_trips() {
         again.insert(again.end(), part.begin(), part.end());
       }
       EXPECT(again == stream, "table encode width=%d n=%lld", width, (long long)n);
+      // The one-pass encoder (the CPU backend's) writes the same bytes, within its bound.
+      std::vector<uint8_t> once;
+      for (int64_t b = 0; b * bucket < n; ++b) {
+        const int64_t begin = b * bucket, end = std::min(n, begin + bucket);
+        std::vector<uint8_t> part(elias_bucket_bound_bytes(end - begin) + 16, 0xA5);
+        const int64_t bytes = elias_encode_bucket_checked(packed.data(), width, levels, begin, end, coder,
+                                                          part.data());
+        EXPECT(bytes >= 0 && bytes <= elias_bucket_bound_bytes(end - begin), "one-pass bytes %lld",
+               (long long)bytes);
+        for (size_t k = static_cast<size_t>(std::max<int64_t>(bytes, 0)); k < part.size(); ++k) {
+          EXPECT(part[k] == 0xA5, "one-pass encoder wrote past its length");
+        }
+        once.insert(once.end(), part.begin(), part.begin() + std::max<int64_t>(bytes, 0));
+      }
+      EXPECT(once == stream, "one-pass encode width=%d n=%lld", width, (long long)n);
     }
   }
   // Uncodable symbols are refused by the encoder.
   std::vector<uint8_t> bad = pack({0, 1, 4}, 3);
   EXPECT(elias_bucket_bits(bad.data(), 3, 4, 0, 3, EliasCode::Gamma) == -1, "signed zero");
+  std::vector<uint8_t> scratch(64);
+  EXPECT(elias_encode_bucket_checked(bad.data(), 3, 4, 0, 3, TableCoder(EliasCode::Gamma), scratch.data()) == -1,
+         "one-pass: signed zero");
   bad = pack({0, 6, 4}, 3);
   EXPECT(elias_bucket_bits(bad.data(), 3, 3, 0, 3, EliasCode::Gamma) == -1, "index 3 of 3 levels");
+  EXPECT(elias_encode_bucket_checked(bad.data(), 3, 3, 0, 3, TableCoder(EliasCode::Omega), scratch.data()) == -1,
+         "one-pass: index 3 of 3 levels");
+  // The bound holds for the costliest inputs: every symbol the largest index, and one long run.
+  for (EliasCode c : kCodes) {
+    const TableCoder coder(c);
+    std::vector<uint32_t> dense(1000, 255u), sparse(100000, 0u);
+    sparse.back() = 2u;
+    for (const auto& symbols : {dense, sparse}) {
+      const std::vector<uint8_t> p = pack(symbols, 8);
+      const int64_t count = static_cast<int64_t>(symbols.size());
+      const int64_t bits = elias_bucket_bits(p.data(), 8, 128, 0, count, coder);
+      EXPECT(bits >= 0 && (bits + 7) / 8 <= elias_bucket_bound_bytes(count), "bound: %lld bits for %lld",
+             (long long)bits, (long long)count);
+    }
+  }
 }
 
 static void test_random_bytes() {
