@@ -3,6 +3,7 @@ quantizer and coding, hierarchical groups, adaptive refits, a corrupt peer paylo
 import pytest
 import torch
 from _dist import run_ranks
+from _hook_fixtures import batch, small_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import commcomp
@@ -12,14 +13,7 @@ from commcomp.hooks._params import ParamSlice, chunk_bounds, cut_unit
 TRIALS = 200
 
 
-def _model(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Tanh(), torch.nn.Linear(48, 10))
-
-
-def _batch(rank, step=0):
-    g = torch.Generator().manual_seed(1000 * rank + step)
-    return torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
+_model, _batch = small_model, batch
 
 
 def _grad(model):

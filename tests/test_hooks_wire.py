@@ -1,11 +1,14 @@
 """The wire layer every hook shares: capped sizes from peers, one policy for undecodable payloads,
 one way to send a non-finite bucket, and hook bodies that never wait for a peer."""
 import resource
+import threading
 import time
 
 import pytest
 import torch
+import torch.distributed as dist
 from _dist import run_ranks
+from _hook_fixtures import batch, small_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from commcomp import NUQSGD, QSGD
@@ -16,14 +19,7 @@ from commcomp.robust import CoordinateMedian
 from commcomp.robust.hook import RobustAggregationState, robust_aggregation_hook
 
 
-def _model(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Tanh(), torch.nn.Linear(48, 10))
-
-
-def _batch(rank, step=0):
-    g = torch.Generator().manual_seed(1000 * rank + step)
-    return torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
+_model, _batch = small_model, batch
 
 
 def _huge_announcement(rank, world):
@@ -202,3 +198,33 @@ def commcomp_fixed_bytes(qt):
     from commcomp import codecs
 
     return codecs.fixed_payload_bytes(qt.numel, qt.bucket_size, qt.levels)
+
+
+def _group_dropped_while_a_callback_runs(rank, world):
+    from commcomp.hooks._wire import BucketWire, HookState, resolve_group
+
+    state = HookState(None)
+    wire = BucketWire(state, resolve_group(None), stages=2, device=torch.device("cpu"))
+    started = threading.Event()
+
+    def slow(value):
+        started.set()
+        time.sleep(0.5)  # still running on the lane's worker thread after the group is destroyed
+        return value
+
+    def launch(group):
+        return dist.all_reduce(torch.ones(4), group=group, async_op=True).get_future()
+
+    first = wire.start(0, launch)
+    done = wire.chain(first, lambda _: wire.chain(wire.start(1, launch), slow))
+    assert started.wait(30)
+    del state, wire, first, done, slow, launch
+    dist.destroy_process_group()  # c10d drops its references; the callback still holds the lane's
+    time.sleep(1.0)  # the callback finishes and lets go of the lane on the lane's own thread
+    return True
+
+
+def test_a_lane_released_by_its_own_callback_does_not_abort_the_process():
+    # A Gloo group joins its worker threads when destroyed: dropped on one of them, the join aborts
+    # the process ("Resource deadlock avoided"); the wire layer keeps every group it used alive.
+    assert run_ranks(_group_dropped_while_a_callback_runs, 2, timeout=30) == [True, True]

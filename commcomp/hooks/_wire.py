@@ -23,9 +23,15 @@ What it owns, so no hook writes it again:
   :class:`PeerPayloadError` naming the sender, or ``"mark"`` the row invalid (``None``).
 * **Iterations.** :func:`finish` is the one place an iteration ends: synchronously, in the body
   of the last bucket, where every rank gets to in the same order.
+* **Group lifetimes.** A Gloo group joins its worker threads when it is destroyed; if the last
+  reference to it were dropped by a callback running on one of those threads (a closure that
+  outlives ``destroy_process_group``), the join would abort the process ("Resource deadlock
+  avoided"). Every group a hook uses is therefore retained here and let go only from a hook body
+  or at exit (:func:`retain_group`).
 """
 from __future__ import annotations
 
+import atexit
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
@@ -45,6 +51,7 @@ __all__ = [
     "Lanes",
     "BucketWire",
     "resolve_group",
+    "retain_group",
     "make_frame",
     "new_frame",
     "mark_kind",
@@ -80,7 +87,26 @@ class GroupInfo:
 
 def resolve_group(process_group: dist.ProcessGroup | None) -> GroupInfo:
     group = process_group if process_group is not None else dist.group.WORLD
+    retain_group(group)
     return GroupInfo(group, dist.get_rank(group), dist.get_world_size(group))
+
+
+_retained: dict[int, dist.ProcessGroup] = {}
+_retained_lock = threading.Lock()
+atexit.register(_retained.clear)  # at exit, on the main thread, before the interpreter winds down
+
+
+def retain_group(group: dist.ProcessGroup) -> None:
+    """Keep ``group`` alive until c10d has forgotten it and a later hook body lets it go.
+
+    Call from hook bodies only (never from a callback): groups that ``destroy_process_group``
+    removed since the last call are released here, on this thread, which is no group's worker.
+    """
+    live = dist.distributed_c10d._world.pg_map
+    with _retained_lock:
+        released = [_retained.pop(key) for key, kept in list(_retained.items()) if kept not in live]
+        _retained[id(group)] = group
+    del released  # destroyed here, outside the lock
 
 
 class Lanes:
@@ -102,6 +128,7 @@ class Lanes:
         if key not in self._lanes:
             ranks = dist.get_process_group_ranks(base)
             group = dist.new_group(ranks=ranks, backend=dist.get_backend(base), use_local_synchronization=True)
+            retain_group(group)
             self._lanes[key] = _Lane(group, base)
         target = self._lanes[key]
         with self._lock:

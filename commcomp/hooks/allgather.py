@@ -73,17 +73,37 @@ def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     own_wanted, measure = state.wants_decoded_own(), state.measuring_variance()
 
     def average(frames: list[torch.Tensor]) -> torch.Tensor | torch.futures.Future:
-        total = _average_frames(state, frames, slices, numel, buffer.device, levels)
-        if total is None:
+        decoded = _decode_frames(state, frames, slices, numel, levels)
+        if decoded is None:
             return wire.fp32_average(fallback_stage, buffer)
         wire.skip(fallback_stage)
-        if own_wanted:
+        if own_wanted:  # before the bucket is overwritten: x may be the bucket itself
             own = torch.zeros(numel, dtype=torch.float32, device=buffer.device)
             accumulate_pieces(own, 0, pieces, [payload], levels, quantizer.bucket_size, 1.0)
             state.after_compression(slices, x, own, measure=measure)
-        return buffer.copy_(total)
+        # fp32 buckets are decoded in place: no fresh 4-bytes-per-element buffer to fault in
+        in_place = buffer.dtype == torch.float32 and buffer.is_contiguous()
+        total = buffer.zero_() if in_place else torch.zeros(numel, dtype=torch.float32, device=buffer.device)
+        accumulate_pieces(total, 0, pieces, decoded, levels, quantizer.bucket_size, 1.0 / len(frames))
+        return buffer if in_place else buffer.copy_(total)
 
     return finish(state, bucket, wire.chain(gathered, average))
+
+
+def _decode_frames(
+    state: CompressionState, frames: list[torch.Tensor], slices: list[ParamSlice], numel: int, levels: Levels
+) -> list | None:
+    """Every rank's validated payloads, or ``None`` if some rank sent a non-finite marker.
+
+    Every payload must carry ``levels``, the levels this rank quantized with: honest ranks
+    quantize an iteration with the same levels, so a payload with others is blamed on its sender.
+    """
+    pieces = pieces_in(slices, 0, numel)
+    bucket_size = state.quantizer.bucket_size
+    payloads, nonfinite = decode_frames(
+        frames, lambda rank, body: decode_pieces(body, pieces, levels, bucket_size), "raise", _HOOK
+    )
+    return None if nonfinite else payloads
 
 
 def _average_frames(
@@ -94,20 +114,12 @@ def _average_frames(
     device: torch.device,
     levels: Levels | None = None,
 ) -> torch.Tensor | None:
-    """The average of every rank's decoded frame, or ``None`` if some rank sent a non-finite marker.
-
-    Every payload must carry ``levels`` (default: the quantizer's), the levels this rank
-    quantized with: honest ranks quantize an iteration with the same levels, so a payload with
-    others is blamed on its sender.
-    """
-    expected = levels if levels is not None else state.quantizer.levels
-    bucket_size = state.quantizer.bucket_size
-    pieces = pieces_in(slices, 0, numel)
-    payloads, nonfinite = decode_frames(
-        frames, lambda rank, body: decode_pieces(body, pieces, expected, bucket_size), "raise", _HOOK
-    )
-    if nonfinite:
+    """The average of every rank's decoded frame (a fresh fp32 tensor), or ``None`` if some rank
+    sent a non-finite marker; ``levels`` defaults to the quantizer's."""
+    levels = levels if levels is not None else state.quantizer.levels
+    decoded = _decode_frames(state, frames, slices, numel, levels)
+    if decoded is None:
         return None
     total = torch.zeros(numel, dtype=torch.float32, device=device)
-    accumulate_pieces(total, 0, pieces, payloads, expected, bucket_size, 1.0 / len(frames))
+    accumulate_pieces(total, 0, pieces_in(slices, 0, numel), decoded, levels, state.quantizer.bucket_size, 1.0 / len(frames))
     return total

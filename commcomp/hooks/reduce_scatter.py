@@ -117,14 +117,16 @@ def reduce_scatter_hook(state: CompressionState, bucket: dist.GradBucket) -> tor
     else:
         group = resolve_group(state.process_group)
         wire = BucketWire(state, group, compressed_stages + 1, buffer.device)
-        reduced = _compressed_average(state, wire, 0, group, x, 0, numel, slices, levels, _Step.of(state), True)
+        # fp32 buckets are decoded in place: no fresh 4-bytes-per-element buffer to fault in
+        into = buffer if buffer.dtype == torch.float32 and buffer.is_contiguous() else None
+        reduced = _compressed_average(state, wire, 0, group, x, 0, numel, slices, levels, _Step.of(state), True, into)
     fallback = len(wire.groups) - 1
 
     def into_bucket(average: torch.Tensor | None) -> torch.Tensor | torch.futures.Future:
         if average is None:  # some rank's bucket held inf/NaN
             return wire.fp32_average(fallback, buffer)
         wire.skip(fallback)
-        return buffer.copy_(average)
+        return buffer if average.data_ptr() == buffer.data_ptr() else buffer.copy_(average)
 
     return finish(state, bucket, wire.chain(reduced, into_bucket))
 
@@ -141,11 +143,13 @@ def _compressed_average(
     levels: Levels,
     step: _Step,
     observe: bool,
+    into: torch.Tensor | None = None,
 ) -> torch.futures.Future:
     """The two compressed phases over ``group`` for bucket coordinates ``[lo, hi)`` of ``x`` (which
     holds the whole bucket); the future's value is the fp32 average of that range over the group's
     ranks, or ``None`` if some rank's range held inf/NaN. ``observe``: feed ALQ/AMQ statistics
-    (only from a hook body)."""
+    (only from a hook body). ``into``: an fp32 tensor in bucket coordinates to decode the average
+    into (it may be ``x`` itself: ``x`` is read before it is overwritten)."""
     quantizer, world, me = state.quantizer, group.world, group.rank
     bucket_size, device, fixed = quantizer.bucket_size, x.device, state.coding == "fixed"
     chunks = chunk_bounds(slices, lo, hi, bucket_size, world)
@@ -206,7 +210,7 @@ def _compressed_average(
         for residual in pending:
             state.residuals.hand_over_reduced(slices, mine_lo, mine_hi, float(world))
             state.residuals.store(residual, slices, "reduced", mine_lo)
-        out = torch.zeros(hi - lo, dtype=torch.float32, device=device)
+        out = into[lo:hi].zero_() if into is not None else torch.zeros(hi - lo, dtype=torch.float32, device=device)
         for pieces, payload in zip(chunk_pieces, reduced):
             accumulate_pieces(out, lo, pieces, [payload], levels, bucket_size, 1.0)
         return out
