@@ -5,7 +5,7 @@
     torchrun --nproc_per_node=2 examples/train_digits.py --scheme qsgd --bits 4 --hook allreduce
     torchrun --nproc_per_node=2 examples/train_digits.py --scheme alq --bits 3
 
-Data: scikit-learn's bundled 8x8 digits (no download; 450 test images, so one image is 0.22
+Data: scikit-learn's bundled 8x8 digits (no download; 449 test images, so one image is 0.22
 points of accuracy). Each rank trains on its shard through DDP with a commcomp hook; then the same
 model is trained again from the same initialization with PyTorch's fp32 allreduce
 (``--no-baseline`` skips it). This is repeated for ``--seeds`` seeds (initialization, data order

@@ -31,9 +31,10 @@ import functools
 from typing import Any, Callable, Iterable
 
 import torch
+
 from ._wire import done_future, resolve_group
 
-__all__ = ["FlatBucket", "ParameterGradients", "ddp_comm_hook"]
+__all__ = ["FlatBucket", "ParameterGradients", "ddp_comm_hook", "is_ddp", "ddp_named_parameters"]
 
 StateCheck = Callable[[Any, int], None]
 
