@@ -129,7 +129,9 @@ def _resume(rank, world, spec, steps, stop, layout, error_feedback=True):
             ddp = DDP(_model(), bucket_cap_mb=0.004)
         else:
             ddp = DDP(_model(), bucket_cap_mb_list=[0.004] * 4, find_unused_parameters=True)
-        state, hook = hook_from_spec(spec, bucket_size=128, min_compression_numel=0, error_feedback=error_feedback, seed=5)
+        # allreduce-nuqsgd:4 sums int32 at 2 ranks (saves nothing): this test exercises that path
+        wide = {"allow_wide_sums": True} if spec.startswith("allreduce-") else {}
+        state, hook = hook_from_spec(spec, bucket_size=128, min_compression_numel=0, error_feedback=error_feedback, seed=5, **wide)
         ddp.register_comm_hook(state, hook)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
         return ddp, state, opt
@@ -263,8 +265,14 @@ def _spec_checks_in_a_gloo_group(rank, world):
     ctx = runtime.DistContext(rank, world, torch.device("cpu"))
     ddp = runtime.wrap_ddp(_model(), ctx, "powersgd:1")
     out["powersgd_buckets_cap"] = ddp.bucket_bytes_cap
+    # int32 sums (2^14 x 1 rank > 127) save nothing: refused where the world size is known, the
+    # spec's construction in an initialized group (this was a RuntimeWarning in the first backward)
+    try:
+        hook_from_spec("allreduce-nuqsgd:5", min_compression_numel=0)
+    except ValueError as err:
+        out["int32"] = str(err)
     ddp = DDP(_model())
-    state, hook = hook_from_spec("allreduce-nuqsgd:5", min_compression_numel=0)
+    state, hook = hook_from_spec("allreduce-nuqsgd:5", min_compression_numel=0, allow_wide_sums=True)
     ddp.register_comm_hook(state, hook)
     import warnings
 
@@ -272,6 +280,8 @@ def _spec_checks_in_a_gloo_group(rank, world):
         warnings.simplefilter("always")
         ddp(torch.randn(4, 64)).sum().backward()
     out["warnings"] = [str(w.message) for w in caught]
+    numel = sum(p.numel() for p in ddp.parameters())
+    out["int32_bytes"] = state.bytes_sent >= 4 * numel  # opted in: 4 bytes a coordinate, as fp32
     return out
 
 
@@ -280,4 +290,90 @@ def test_spec_guards_pytorch_hooks_and_passes_schedules():
     assert "fails on Gloo" in out["pertensor"]
     assert out["schedule"] == (1,)
     assert out["powersgd_buckets_cap"] >= 10**12  # one bucket for PowerSGD on Gloo
-    assert any("int32" in w for w in out["warnings"])
+    assert "int32" in out["int32"] and "allow_wide_sums=True" in out["int32"]
+    assert not any("int32" in w for w in out["warnings"]) and out["int32_bytes"]
+
+
+def test_spec_accepts_none_fp32_and_lists_every_form_when_refusing():
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    for spec in ("none", "fp32", " FP32 "):
+        group, hook = hook_from_spec(spec)
+        assert group is None and hook is default_hooks.allreduce_hook
+    for bad in ("zip:4", "qsgd", "qsgd:4:huffman", "nuqsgd:x", "", "allreduce-qsgd:4:elias"):
+        with pytest.raises(ValueError) as info:
+            hook_from_spec(bad)
+        message = str(info.value)
+        for form in ("none", "fp32", "fp16", "bf16", "powersgd:RANK", "quant-pertensor", "rs-", "allreduce-",
+                     "qsgd", "qsgdinf", "nuqsgd", "alq", "amq", "elias-gamma", "elias-delta", "elias-omega",
+                     "elias (= elias-gamma)"):
+            assert form in message, (bad, form)
+    with pytest.raises(ValueError, match="spec must be a string"):
+        hook_from_spec(4)
+
+
+def test_one_coding_alias_table_everywhere():
+    from commcomp.codecs import CODING_ALIASES, TensorCodec
+
+    for alias, coding in CODING_ALIASES.items():
+        assert CompressionState(QSGD(4), coding=alias).coding == coding
+        assert hook_from_spec(f"qsgd:4:{alias}")[0].coding == coding
+        assert TensorCodec(QSGD(4), coding=alias).coding == coding
+
+
+def test_allreduce_refuses_what_it_cannot_run():
+    from commcomp.hooks.allreduce import check_allreduce_state
+
+    schedule = commcomp.UpdateSchedule(at=(1,), every=None)
+    for scheme in ("alq", "amq"):  # accepted once, crashed at the first refit
+        with pytest.raises(ValueError, match=f"refits move the levels off the integer grid.*'rs-{scheme}:3'"):
+            hook_from_spec(f"allreduce-{scheme}:3")
+        with pytest.raises(ValueError, match="off the integer grid"):
+            check_allreduce_state(CompressionState(commcomp.make_quantizer(scheme, 3, update_schedule=schedule)), None)
+    for bits in (7, 8):  # accepted once, failed inside the first backward
+        with pytest.raises(ValueError, match="integer grid"):
+            hook_from_spec(f"allreduce-nuqsgd:{bits}")
+    with pytest.raises(ValueError, match="integer grid"):
+        check_allreduce_state(CompressionState(FixedLevels([0.0, 0.3, 1.0])), 2)
+    check_allreduce_state(CompressionState(FixedLevels([0.0, 0.25, 0.5, 1.0])), 2)  # on the grid: fine
+    with pytest.raises(ValueError, match="coding='elias-gamma' would be ignored"):
+        check_allreduce_state(CompressionState(QSGD(4), coding="elias"), 2)
+    # int32 sums: 64 x 2 ranks > 127 (silently sent int32 before); int8 at one rank
+    with pytest.raises(ValueError, match="needs int32 sums.*allow_wide_sums=True"):
+        check_allreduce_state(CompressionState(NUQSGD(4)), 2)
+    check_allreduce_state(CompressionState(NUQSGD(4)), 1)
+    check_allreduce_state(CompressionState(NUQSGD(4), allow_wide_sums=True), 2)
+    check_allreduce_state(CompressionState(QSGD(4)), 18)  # 7 x 18 = 126: int8
+    with pytest.raises(ValueError, match="needs int32"):
+        check_allreduce_state(CompressionState(QSGD(4)), 19)
+    with pytest.raises(ValueError, match="overflow int32"):  # NUQSGD(6): 2^30 x 2 ranks, even opted in
+        check_allreduce_state(CompressionState(NUQSGD(6), allow_wide_sums=True), 2)
+    with pytest.raises(ValueError, match="needs a commcomp.hooks.CompressionState"):
+        check_allreduce_state(object(), 2)
+
+
+def test_options_a_hook_would_ignore_are_refused():
+    from commcomp.hooks import reduce_scatter_hook
+
+    state = CompressionState(QSGD(4), hierarchical=True)
+    for hook in (allgather_hook, allreduce_hook):
+        with pytest.raises(ValueError, match="hierarchical=True is an option of reduce_scatter_hook"):
+            hook.check_state(state, 4)
+    reduce_scatter_hook.check_state(state, 4)
+
+
+def _int32_on_first_call(rank, world):
+    # a state built by hand (no spec, no register_comm_hook): the hook's first call refuses it
+    # on every rank before any collective starts, so no rank waits for the other
+    ddp = DDP(_model())
+    ddp.register_comm_hook(CompressionState(NUQSGD(4), min_compression_numel=0), allreduce_hook)
+    try:
+        torch.nn.functional.cross_entropy(ddp(_batch(rank)[0]), _batch(rank)[1]).backward()
+    except Exception as err:  # DDP's reducer may re-raise it as a RuntimeError
+        return str(err)
+    return None
+
+
+def test_hand_built_state_is_checked_on_the_first_call():
+    for message in run_ranks(_int32_on_first_call, 2, timeout=60):
+        assert message is not None and "needs int32 sums" in message

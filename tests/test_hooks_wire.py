@@ -73,7 +73,9 @@ def test_decode_frames_policy_raise_names_the_rank_and_mark_keeps_going():
 
 NONFINITE_SPECS = [f"{s}:4:{c}" for s in ("qsgd", "qsgdinf", "nuqsgd", "alq", "amq")
                    for c in ("fixed", "elias-gamma", "elias-delta", "elias-omega")]
-NONFINITE_SPECS += [f"allreduce-{s}:4" for s in ("qsgd", "qsgdinf", "nuqsgd", "alq", "amq")]
+# allreduce + ALQ/AMQ is refused at construction (its refits leave the integer grid): see
+# test_hooks.py::test_allreduce_refuses_what_it_cannot_run
+NONFINITE_SPECS += [f"allreduce-{s}:4" for s in ("qsgd", "qsgdinf", "nuqsgd")]
 NONFINITE_SPECS += [f"rs-{s}:4:{c}" for s in ("qsgd", "qsgdinf", "nuqsgd", "alq", "amq") for c in ("fixed", "elias-gamma")]
 NONFINITE_SPECS += ["rs-nuqsgd:4:elias-delta", "rs-qsgd:3:elias-omega"]
 
@@ -90,7 +92,9 @@ def _nonfinite_buckets(rank, world, specs):
                     model[0].weight.register_hook(lambda g: g.index_put((torch.tensor([3]), torch.tensor([7])), torch.tensor(bad)))
                 ddp = DDP(model, bucket_cap_mb_list=[0.004] * 4, find_unused_parameters=True)
                 if hooked:
-                    state, hook = hook_from_spec(spec, bucket_size=128, min_compression_numel=0)
+                    # allreduce-nuqsgd:4 sums int32 at 2 ranks: opted in, this test is about inf/NaN
+                    wide = {"allow_wide_sums": True} if spec.startswith("allreduce-") else {}
+                    state, hook = hook_from_spec(spec, bucket_size=128, min_compression_numel=0, **wide)
                     ddp.register_comm_hook(state, hook)
                 x, y = _batch(rank)
                 torch.nn.functional.cross_entropy(ddp(x), y).backward()

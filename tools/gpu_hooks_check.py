@@ -51,7 +51,9 @@ def _run_hooked(spec: str, device: torch.device, rank: int, steps: int) -> tuple
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=0.25
     )
-    state, hook = hook_from_spec(spec, bucket_size=512, start_iter=0)
+    # allreduce-qsgd:8 / -nuqsgd:4 sum int32 at 2 ranks (no saving): checked here for correctness
+    wide = {"allow_wide_sums": True} if spec.startswith("allreduce-") else {}
+    state, hook = hook_from_spec(spec, bucket_size=512, start_iter=0, **wide)
     ddp.register_comm_hook(state, hook)
     grads, start = [], time.perf_counter()
     for step in range(steps):

@@ -7,6 +7,12 @@
 * :func:`allreduce_hook` — shared max-norm scale, integer symbols all-reduced (wire stays allreduce).
 * :class:`CompressionState` — configuration, counters, error feedback, ``state_dict`` for resume.
 * :func:`hook_from_spec` — ``"nuqsgd:4:elias"``-style strings for command-line flags.
+* :func:`register_comm_hook` — register a spec or a (state, hook) on a DDP model, checked against
+  its world size (what ``commcomp.integrations`` uses for Lightning and accelerate).
+
+Every hook also runs where DDP calls it once per parameter (``torch.compile`` with
+``torch._dynamo.config.optimize_ddp = "python_reducer"`` and compiled autograd): register it with
+:func:`register_comm_hook`, or call ``state.bind(ddp_model)`` first (see ``hooks/_bucket.py``).
 
 Example::
 
@@ -24,7 +30,8 @@ from ._wire import PeerPayloadError
 from .allgather import allgather_hook
 from .allreduce import allreduce_hook, level_grid
 from .reduce_scatter import reduce_scatter_hook
-from .spec import SCHEMES, hook_from_spec, make_quantizer
+from .register import register_comm_hook
+from .spec import SCHEMES, accepted_specs, hook_from_spec, make_quantizer
 from .state import CODINGS, CompressionState
 
 __all__ = [
@@ -34,6 +41,8 @@ __all__ = [
     "allreduce_hook",
     "reduce_scatter_hook",
     "hook_from_spec",
+    "accepted_specs",
+    "register_comm_hook",
     "make_quantizer",
     "level_grid",
     "CODINGS",

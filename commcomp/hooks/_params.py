@@ -11,9 +11,11 @@ elements, so each piece draws what the whole parameter would. The decoded gradie
 thus depends on its values, the iteration and the seed only: never on the layout, so a run
 resumed from a checkpoint reproduces an uninterrupted one bit for bit with DDP's default layout.
 
-Keys: a parameter's name if the state was told the names (:meth:`ParameterKeys.bind`), else
-``"#k"`` with ``k`` the order in which the state first saw it. DDP's first iteration has the same
-layout for the same model and DDP arguments, so a resumed run assigns the same keys.
+Keys: a parameter's name and its position among the named parameters if the state was told them
+(:meth:`ParameterKeys.bind`), else ``"#k"`` with ``k`` the order in which the state first saw it.
+DDP's first iteration has the same layout for the same model and DDP arguments, so a resumed run
+assigns the same keys; bound keys do not depend on any layout (DDP's per-parameter calls under
+compiled autograd get the same keys as its buckets).
 """
 from __future__ import annotations
 
@@ -59,30 +61,42 @@ class Piece:
 class ParameterKeys:
     """Stable keys of the parameters a hook sees (see the module docstring)."""
 
-    __slots__ = ("_of", "_names", "_params")
+    __slots__ = ("_of", "_bound", "_params")
 
     def __init__(self) -> None:
         self._of: dict[int, tuple[str, int]] = {}
-        self._names: dict[int, str] = {}
+        self._bound: dict[int, tuple[str, int]] = {}  # id -> (name, position), from bind()
         self._params: list[torch.Tensor] = []  # keeps the id()s above valid
 
     def bind(self, named_parameters: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Key parameters by these names (call before the first backward)."""
+        """Key parameters by these names and positions (call before the first backward)."""
         if self._of:
             raise ValueError("bind() must be called before the hook has seen any bucket")
         for name, param in named_parameters:
-            self._names[id(param)] = name
+            if id(param) in self._bound:  # a shared parameter is one parameter
+                continue
+            self._bound[id(param)] = (name, len(self._bound))
             self._params.append(param)
+        if len(self._bound) > MAX_PARAMETERS:
+            raise ValueError(f"a hook supports at most {MAX_PARAMETERS} parameters, got {len(self._bound)}")
 
     def _key(self, param: torch.Tensor) -> tuple[str, int]:
         known = self._of.get(id(param))
         if known is None:
-            index = len(self._of)
-            if index >= MAX_PARAMETERS:
-                raise ValueError(f"a hook supports at most {MAX_PARAMETERS} parameters")
-            known = (self._names.get(id(param), f"#{index}"), index)
+            if self._bound:  # the name, and the position among the bound parameters
+                known = self._bound.get(id(param))
+                if known is None:
+                    raise ValueError(
+                        f"the hook saw a parameter of shape {tuple(param.shape)} that is not among the parameters the "
+                        "state was bound to: bind the state to the model DDP wraps"
+                    )
+            else:
+                index = len(self._of)
+                if index >= MAX_PARAMETERS:
+                    raise ValueError(f"a hook supports at most {MAX_PARAMETERS} parameters")
+                known = (f"#{index}", index)
+                self._params.append(param)
             self._of[id(param)] = known
-            self._params.append(param)
         return known
 
     def slices(self, bucket: dist.GradBucket) -> list[ParamSlice]:

@@ -163,12 +163,40 @@ class HookState:
     :meth:`_end_iteration`.
     """
 
-    __slots__ = ("process_group", "iteration", "_lanes")
+    __slots__ = ("process_group", "iteration", "_lanes", "_parameter_gradients")
 
     def __init__(self, process_group: dist.ProcessGroup | None) -> None:
         self.process_group = process_group
         self.iteration = 0
         self._lanes: Lanes | None = None
+        self._parameter_gradients = None
+
+    def bind(self, model: torch.nn.Module) -> None:
+        """Tell the state the model's parameters: the DDP model (DDP's ignored parameters are left
+        out) or the module it wraps.
+
+        Needed when DDP calls the hook once per parameter (compiled autograd with
+        ``optimize_ddp="python_reducer"``): a backward pass is complete when every trainable
+        parameter has handed over its gradient (see ``hooks/_bucket.py``).
+        :func:`~commcomp.hooks.register_comm_hook` calls it.
+        """
+        from ._bucket import ParameterGradients, ddp_named_parameters
+
+        self._parameter_gradients = ParameterGradients(ddp_named_parameters(model))
+
+    def is_bound(self) -> bool:
+        return self._parameter_gradients is not None
+
+    def parameter_gradients(self):
+        """The per-parameter calls of the current backward pass (:meth:`bind` first)."""
+        if self._parameter_gradients is None:
+            raise ValueError(
+                "DDP calls this hook once per parameter here (torch.compile with "
+                "torch._dynamo.config.optimize_ddp='python_reducer' and compiled autograd): register it with "
+                "commcomp.hooks.register_comm_hook(ddp_model, state, hook), or call state.bind(ddp_model) "
+                "before the first backward, so the hook knows which gradients make up a backward pass"
+            )
+        return self._parameter_gradients
 
     def lanes(self) -> Lanes:
         if self._lanes is None:

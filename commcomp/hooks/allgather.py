@@ -17,13 +17,19 @@ from ..quantizers import Levels
 from ._params import ParamSlice, pieces_in
 from ._payload import accumulate_pieces, all_finite, decode_pieces, fixed_size, quantize_pieces, write_pieces
 from ._wire import BucketWire, decode_frames, finish, fp32_allreduce, make_frame, mark_kind, new_frame, resolve_group
-from .state import CompressionState
+from ._bucket import ddp_comm_hook
+from .state import CompressionState, check_compression_state
 
 __all__ = ["allgather_hook"]
 
 _HOOK = "allgather_hook"
 
 
+def _check(state: CompressionState, world_size: int) -> None:
+    check_compression_state(state, _HOOK)
+
+
+@ddp_comm_hook(_check)
 def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Quantize, encode, all-gather and average a DDP gradient bucket.
 

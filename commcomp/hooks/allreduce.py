@@ -11,21 +11,23 @@ the integers grow with the world size (int8 while ``max_level_integer * world_si
 int32), so the per-coordinate wire cost is 8 or 32 bits, not ``bits``. In exchange the traffic per
 rank does not grow with the number of ranks, as an all-gather's does. Only level tables on an
 integer grid qualify: uniform (QSGD, QSGDInf) and exponential (NUQSGD up to 6 bits).
+
+What cannot work is refused before anything is sent (:func:`check_allreduce_state`, run by
+:func:`~commcomp.hooks.hook_from_spec`, :func:`~commcomp.hooks.register_comm_hook` and every call):
+ALQ/AMQ (their refits leave the grid), level tables off the grid, Elias codings (nothing to code),
+and int32 sums, which cost what fp32 does, unless ``CompressionState(allow_wide_sums=True)``.
 """
-
-
-import warnings
-
 import torch
 import torch.distributed as dist
 
 from .. import ops
 from ..quantizers import Levels
+from ._bucket import ddp_comm_hook
 from ._params import pieces_in, stream_offset
 from ._wire import BucketWire, finish, fp32_allreduce, resolve_group
-from .state import CompressionState
+from .state import CompressionState, check_compression_state
 
-__all__ = ["allreduce_hook", "level_grid"]
+__all__ = ["allreduce_hook", "level_grid", "wire_dtype", "check_allreduce_state"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -43,7 +45,8 @@ def level_grid(levels: Levels) -> tuple[float, torch.Tensor]:
     if not on_grid or integers[-1] > _INT32_MAX:
         raise ValueError(
             f"allreduce_hook needs levels on an integer grid (QSGD, QSGDInf, NUQSGD <= 6 bits); "
-            f"got {levels.values[:4]}...: use allgather_hook for ALQ/AMQ or finer tables"
+            f"got {levels.values[:4]}...: use reduce_scatter_hook or allgather_hook for ALQ/AMQ, NUQSGD above 6 bits "
+            "or other tables"
         )
     return unit, integers.to(torch.int64)
 
@@ -57,6 +60,36 @@ def wire_dtype(max_integer: int, world_size: int) -> torch.dtype:
     raise ValueError(f"level integers up to {max_integer} overflow int32 when summed over {world_size} ranks")
 
 
+def check_allreduce_state(state: CompressionState, world_size: int | None) -> None:
+    """``ValueError`` unless :func:`allreduce_hook` can run ``state`` at ``world_size`` ranks
+    (``None``: not known yet) and save bytes doing it (or ``state.allow_wide_sums``)."""
+    check_compression_state(state, "allreduce_hook")
+    quantizer = state.quantizer
+    if hasattr(quantizer, "start_update"):  # ALQ, AMQ: rank-synchronized refits
+        raise ValueError(
+            f"allreduce_hook cannot use {quantizer!r}: its refits move the levels off the integer grid the "
+            f"integer allreduce needs, so it would fail at the first refit; use reduce_scatter_hook "
+            f"('rs-{quantizer.name}:{quantizer.bits}') or allgather_hook ('{quantizer.name}:{quantizer.bits}')"
+        )
+    if state.coding != "fixed":
+        raise ValueError(
+            f"allreduce_hook sends integer sums, not coded symbols: coding={state.coding!r} would be ignored; "
+            "use coding='fixed', or allgather_hook / reduce_scatter_hook for Elias codings"
+        )
+    _, integers = level_grid(quantizer.levels)
+    if world_size is None:
+        return
+    top = int(integers[-1])
+    if wire_dtype(top, world_size) == torch.int32 and not state.allow_wide_sums:
+        raise ValueError(
+            f"allreduce_hook with {quantizer!r} at world size {world_size} needs int32 sums (level integers up "
+            f"to {top}, x {world_size} ranks > 127): 4 bytes per coordinate, what fp32 sends, so nothing is "
+            "saved. Use fewer bits or QSGD levels (int8 while max level x world size <= 127), "
+            "reduce_scatter_hook ('rs-' specs), or CompressionState(..., allow_wide_sums=True) to accept it"
+        )
+
+
+@ddp_comm_hook(check_allreduce_state)
 def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Quantize against the ranks' shared max norm and all-reduce integer symbols.
 
@@ -77,14 +110,7 @@ def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     quantizer = state.quantizer
     levels = quantizer.levels
     unit, integers = level_grid(levels)
-    dtype = wire_dtype(int(integers[-1]), group.world)
-    if dtype == torch.int32:
-        warnings.warn(
-            f"allreduce_hook: {quantizer!r} needs int32 sums at world size {group.world}, as many bytes as fp32; "
-            "use fewer bits, QSGD levels, or allgather_hook",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    dtype = wire_dtype(int(integers[-1]), group.world)  # int32 only with state.allow_wide_sums
     wire = BucketWire(state, group, 2, buffer.device)  # stages: norms, integers (or fp32)
     x = state.with_residual(bucket, slices).contiguous()
     pieces = pieces_in(slices, 0, numel)

@@ -61,7 +61,8 @@ from ._wire import (
     new_frame,
     resolve_group,
 )
-from .state import CompressionState
+from ._bucket import ddp_comm_hook
+from .state import CompressionState, check_compression_state
 
 __all__ = ["reduce_scatter_hook"]
 
@@ -84,6 +85,11 @@ _HOOK = "reduce_scatter_hook"
 _MIN_FRAME = 5
 
 
+def _check(state: CompressionState, world_size: int) -> None:
+    check_compression_state(state, _HOOK)
+
+
+@ddp_comm_hook(_check)
 def reduce_scatter_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Average a DDP gradient bucket with a compressed reduce-scatter + all-gather.
 

@@ -10,12 +10,13 @@ import torch.distributed as dist
 
 from ..codecs import CODINGS, canonical_coding
 from ..quantizers import Quantizer
+from ._bucket import ddp_named_parameters
 from ._params import ParameterKeys, ParamSlice
 from ._payload import EliasChoice
 from ._residuals import ParameterResiduals
 from ._wire import HookState
 
-__all__ = ["CompressionState", "CODINGS"]
+__all__ = ["CompressionState", "CODINGS", "check_compression_state"]
 
 logger = logging.getLogger("commcomp.hooks")
 # Golden-ratio increment: spreads rank ids over the 63-bit Philox key space.
@@ -57,6 +58,11 @@ class CompressionState(HookState):
             (default: ``LOCAL_WORLD_SIZE``, which torchrun sets), or give
             ``intra_node_group`` / ``inter_node_group`` (this rank's node, and the ranks of
             the other nodes with its local rank) yourself.
+        allow_wide_sums: for :func:`allreduce_hook`: accept integer sums that need int32 on the
+            wire (``max level integer x world size > 127``): 4 bytes per coordinate, what fp32
+            sends. Off by default: such a configuration is refused with a ``ValueError`` when the
+            world size is known (:func:`hook_from_spec` in an initialized group,
+            :func:`register_comm_hook`, or the hook's first call).
 
     Attributes:
         iteration: training iterations completed (advanced when the last bucket is reduced).
@@ -92,6 +98,7 @@ class CompressionState(HookState):
         "local_world_size",
         "intra_node_group",
         "inter_node_group",
+        "allow_wide_sums",
         "residuals",
         "parameters",
         "bytes_sent",
@@ -120,6 +127,7 @@ class CompressionState(HookState):
         local_world_size: int | None = None,
         intra_node_group: dist.ProcessGroup | None = None,
         inter_node_group: dist.ProcessGroup | None = None,
+        allow_wide_sums: bool = False,
     ) -> None:
         if not isinstance(quantizer, Quantizer):
             raise ValueError(f"quantizer must be a commcomp Quantizer, got {type(quantizer).__name__}")
@@ -143,6 +151,7 @@ class CompressionState(HookState):
         self.local_world_size = local_world_size
         self.intra_node_group = intra_node_group
         self.inter_node_group = inter_node_group
+        self.allow_wide_sums = bool(allow_wide_sums)
         self.quantizer = quantizer
         self.coding = coding
         self.seed = seed
@@ -170,14 +179,17 @@ class CompressionState(HookState):
     def compressing(self, numel: int) -> bool:
         return self.iteration >= self.start_iter and numel >= self.min_compression_numel
 
-    def bind(self, module: torch.nn.Module) -> None:
-        """Key parameters (their residuals and random streams) by ``module``'s parameter names.
+    def bind(self, model: torch.nn.Module) -> None:
+        """Key parameters (their residuals) by their names in ``model``: the DDP model or
+        ``ddp_model.module``.
 
-        Call with ``ddp_model.module`` before the first backward. Optional: without it, parameters
+        Call before the first backward. Optional with DDP's bucket path: without it, parameters
         are keyed by the order in which the hook first sees them, which a resumed run reproduces
-        as long as it builds DDP the same way.
+        as long as it builds DDP the same way. Needed under compiled autograd, where DDP hands
+        the hook one parameter at a time (see :meth:`HookState.bind`).
         """
-        self.parameters.bind(module.named_parameters())
+        super().bind(model)
+        self.parameters.bind(ddp_named_parameters(model))
 
     def record(self, sent: int, uncompressed: int) -> None:
         self._bytes_sent_running += sent
@@ -293,6 +305,16 @@ class CompressionState(HookState):
         self.residuals.load_state_dict(state["residuals"])
         if state.get("quantizer") is not None:
             self.quantizer.load_state_dict(state["quantizer"])
+
+
+def check_compression_state(state: Any, hook: str) -> None:
+    """Refuse, before anything is sent, a state ``hook`` (a compression hook's name) cannot use."""
+    if not isinstance(state, CompressionState):
+        raise ValueError(f"{hook} needs a commcomp.hooks.CompressionState, got {type(state).__name__}")
+    if state.hierarchical and hook != "reduce_scatter_hook":
+        raise ValueError(
+            f"hierarchical=True is an option of reduce_scatter_hook ('rs-' specs); {hook} would ignore it"
+        )
 
 
 def _node_groups(local_world_size: int | None) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..hooks._bucket import ddp_comm_hook
 from ..hooks._wire import BucketWire, HookState, decode_frames, finish, make_frame, resolve_group
 from . import draws
 from .aggregators import Aggregator, aggregate_untrusted
@@ -327,6 +328,7 @@ def _start_reveal(
     wire.chain(wire.chain(gathered, after_rows), settle).add_done_callback(hand_over)
 
 
+@ddp_comm_hook()
 def robust_aggregation_hook(state: RobustAggregationState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Aggregate ``bucket`` across ranks with ``state.aggregator`` (see the module docstring).
 

@@ -65,8 +65,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_out_dir: str =
     parser.add_argument(
         "--comm-hook",
         default="none",
-        help="gradient compression hook spec, e.g. none, fp16, qsgd:4, nuqsgd:4:elias, "
-        "allreduce-qsgd:4 (see commcomp.hooks.hook_from_spec)",
+        help="gradient compression hook spec, e.g. none (fp32), fp16, qsgd:4, nuqsgd:4:elias, "
+        "rs-nuqsgd:4, allreduce-qsgd:4 (see commcomp.hooks.hook_from_spec)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed shared by all ranks")
     parser.add_argument("--out-dir", default=default_out_dir, help="where JSON and PNG results go")
