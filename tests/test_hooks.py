@@ -218,6 +218,47 @@ def test_corrupt_payload_names_the_rank():
         _average_frames(state, [torch.tensor([0, 1, 2], dtype=torch.uint8), good], slices, 1000, torch.device("cpu"))
 
 
+def test_frames_with_other_levels_blame_their_sender_even_alone():
+    # Every frame is checked against this rank's quantizer, not against the first frame: rank 0
+    # sending other levels is blamed (not the honest ranks after it), and a lone frame is checked too.
+    from commcomp.hooks._params import ParamSlice
+    from commcomp.hooks.allgather import _average_frames
+
+    state = CompressionState(QSGD(4, 128))
+    slices = [ParamSlice("#0", 0, 0, 1000)]
+    x = torch.randn(1000)
+
+    def frame(quantizer):
+        return torch.cat([torch.tensor([1], dtype=torch.uint8), commcomp.codecs.encode(quantizer.quantize(x, seed=1))])
+
+    honest, other = frame(state.quantizer), frame(NUQSGD(4, 128))  # same width, other level values
+    with pytest.raises(RuntimeError, match="invalid payload from rank 0: .*other levels"):
+        _average_frames(state, [other, honest, honest], slices, 1000, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="invalid payload from rank 2: .*other levels"):
+        _average_frames(state, [honest, honest, other], slices, 1000, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="invalid payload from rank 0: .*other levels"):
+        _average_frames(state, [other], slices, 1000, torch.device("cpu"))
+
+
+def _rank0_with_other_levels(rank, world):
+    quantizer = NUQSGD(4, 128) if rank == 0 else QSGD(4, 128)
+    ddp = DDP(small_model())
+    ddp.register_comm_hook(CompressionState(quantizer, min_compression_numel=0), allgather_hook)
+    x, y = batch(rank)
+    try:
+        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+    except RuntimeError as err:  # DDP re-raises the hook's error from backward()
+        return str(err)
+    return None
+
+
+def test_three_ranks_blame_the_rank_whose_levels_differ():
+    errors = run_ranks(_rank0_with_other_levels, 3, timeout=60)
+    for error in errors[1:]:
+        assert error is not None and "invalid payload from rank 0" in error, error
+    assert errors[0] is not None and "other levels" in errors[0]  # rank 0 sees everyone else differ
+
+
 def test_state_dict_rejects_other_quantizer():
     state = CompressionState(QSGD(4))
     with pytest.raises(ValueError, match="checkpoint was made with"):
