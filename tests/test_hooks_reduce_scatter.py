@@ -29,20 +29,23 @@ def _draws(rank, world, cases, trials):
         ddp = DDP(_model(), bucket_cap_mb_list=[0.004] * 4, find_unused_parameters=True)  # several buckets
         state, hook = hook_from_spec(spec, bucket_size=64, min_compression_numel=0, **kwargs)
         ddp.register_comm_hook(state, hook)
-        draws = []
+        adaptive = hasattr(state.quantizer, "should_observe")  # a refit may embed a level table
+        draws, sent = [], []
         for _ in range(trials):
             ddp.zero_grad()
             torch.nn.functional.cross_entropy(ddp(x), y).backward()
             draws.append(_grad(ddp))
+            sent.append(state.bytes_sent)
         draws = torch.stack(draws)
-        out[spec + str(kwargs)] = (draws.mean(0), draws.var(0), draws[-1], state.compression_ratio)
+        out[spec + str(kwargs)] = (draws.mean(0), draws.var(0), draws[-1], state.compression_ratio,
+                                   (sent, state.total_bytes_sent, state.coding == "fixed" and not adaptive))
     return out
 
 
 def _check(results, cases, trials):
     exact = results[0]["exact"]
     for spec, kwargs in cases:
-        mean, var, last, ratio = results[0][spec + str(kwargs)]
+        mean, var, last, ratio, (sent, total, constant) = results[0][spec + str(kwargs)]
         # Pooled test: sum of squared deviations of the mean against its expectation under no
         # bias (sum of variances / trials); robust to the few-valued noise of a few ranks.
         pooled = float(((mean - exact) ** 2).sum() / (var.sum() / trials))
@@ -50,6 +53,12 @@ def _check(results, cases, trials):
         for other in results[1:]:
             assert torch.equal(other[spec + str(kwargs)][2], last), (spec, kwargs)  # bit-identical
         assert ratio > 2.0, (spec, ratio)
+        # Each backward pass's bytes are counted in that pass, even those a callback records after
+        # the last bucket's body ended the iteration (hierarchical mode): fixed width is the same
+        # every pass (fixed levels), and the passes add up to the total.
+        assert min(sent) > 0 and sum(sent) == total, (spec, kwargs, sent[:5], total)
+        if constant:
+            assert len(set(sent)) == 1, (spec, kwargs, sorted(set(sent)))
 
 
 CASES_2 = [("rs-nuqsgd:4", {}), ("rs-qsgdinf:3:elias-delta", {}), ("rs-amq:3", {})]

@@ -186,7 +186,7 @@ def _compressed_average(
         ]
         received = wire.exchange_variable(stage, frames, state.payload_cap(hi - lo), "raise", _HOOK)
         payload_bytes = sum(f.numel() for f in frames)
-    state.record(payload_bytes, (hi - lo) * x.element_size())
+    state.record(payload_bytes, (hi - lo) * x.element_size(), step.iteration)
     phase2 = stage + (1 if fixed else 2)
 
     pending: list = []  # this rank's phase-2 residual, kept once the whole bucket went through

@@ -67,7 +67,8 @@ class CompressionState(HookState):
     Attributes:
         iteration: training iterations completed (advanced when the last bucket is reduced).
         residuals: the error-feedback residuals (:class:`ParameterResiduals`).
-        bytes_sent: bytes this rank put on the wire in the last completed iteration.
+        bytes_sent: bytes this rank put on the wire in the last completed iteration (read after
+            ``backward()``: every stage of it, those recorded from callbacks included).
         bytes_uncompressed: what fp32 allreduce would have sent for the same buckets.
         compression_ratio: ``bytes_uncompressed / bytes_sent`` of the last iteration.
         total_bytes_sent, total_bytes_uncompressed: the same, summed over all iterations.
@@ -101,14 +102,10 @@ class CompressionState(HookState):
         "allow_wide_sums",
         "residuals",
         "parameters",
-        "bytes_sent",
-        "bytes_uncompressed",
-        "compression_ratio",
         "variance_estimate",
         "total_bytes_sent",
         "total_bytes_uncompressed",
-        "_bytes_sent_running",
-        "_bytes_uncompressed_running",
+        "_bytes_by_iteration",
     )
 
     def __init__(
@@ -162,14 +159,10 @@ class CompressionState(HookState):
         self.max_payload_bytes = max_payload_bytes
         self.residuals = ParameterResiduals()
         self.parameters = ParameterKeys()
-        self.bytes_sent = 0
-        self.bytes_uncompressed = 0
-        self.compression_ratio = 1.0
         self.variance_estimate = float("nan")
         self.total_bytes_sent = 0
         self.total_bytes_uncompressed = 0
-        self._bytes_sent_running = 0
-        self._bytes_uncompressed_running = 0
+        self._bytes_by_iteration: dict[int, list[int]] = {}  # iteration -> [sent, uncompressed]
 
     # -- helpers used by the hooks -------------------------------------------------------------
     def rank_seed(self, rank: int) -> int:
@@ -191,9 +184,35 @@ class CompressionState(HookState):
         super().bind(model)
         self.parameters.bind(ddp_named_parameters(model))
 
-    def record(self, sent: int, uncompressed: int) -> None:
-        self._bytes_sent_running += sent
-        self._bytes_uncompressed_running += uncompressed
+    def record(self, sent: int, uncompressed: int, iteration: int | None = None) -> None:
+        """Count bytes put on the wire for ``iteration`` (default: the current one).
+
+        A stage launched from a callback records with the iteration its hook body captured: the
+        last bucket's body may already have ended that iteration.
+        """
+        counts = self._bytes_by_iteration.setdefault(self.iteration if iteration is None else iteration, [0, 0])
+        counts[0] += sent
+        counts[1] += uncompressed
+        self.total_bytes_sent += sent
+        self.total_bytes_uncompressed += uncompressed
+
+    def _last_iteration_bytes(self) -> list[int]:
+        # The iteration whose last body ran most recently: once backward() returned, DDP has waited
+        # for every bucket of it, so all of its stages have recorded.
+        return self._bytes_by_iteration.get(self.iteration - 1, [0, 0])
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._last_iteration_bytes()[0]
+
+    @property
+    def bytes_uncompressed(self) -> int:
+        return self._last_iteration_bytes()[1]
+
+    @property
+    def compression_ratio(self) -> float:
+        sent, uncompressed = self._last_iteration_bytes()
+        return uncompressed / sent if sent else 1.0
 
     def measuring_variance(self) -> bool:
         return self.log_every > 0 and self.iteration % self.log_every == 0
@@ -255,16 +274,14 @@ class CompressionState(HookState):
 
     def _end_iteration(self) -> torch.futures.Future | None:
         """Called by the wire layer in the body of an iteration's last bucket."""
-        self.bytes_sent = self._bytes_sent_running
-        self.bytes_uncompressed = self._bytes_uncompressed_running
-        self.compression_ratio = self.bytes_uncompressed / self.bytes_sent if self.bytes_sent else 1.0
-        self.total_bytes_sent += self.bytes_sent
-        self.total_bytes_uncompressed += self.bytes_uncompressed
-        self._bytes_sent_running = self._bytes_uncompressed_running = 0
-        if self.log_every and self.iteration % self.log_every == 0:
+        for old in [k for k in self._bytes_by_iteration if k < self.iteration - 1]:
+            del self._bytes_by_iteration[old]  # kept: the previous iteration (complete) and this one
+        if self.log_every and self.iteration % self.log_every == 0 and self.iteration > 0:
+            # This iteration's callbacks may still be recording: report the previous one, complete.
+            sent, uncompressed = self._bytes_by_iteration.get(self.iteration - 1, [0, 0])
             logger.info(
                 "iteration %d: sent %d bytes (fp32 would send %d, ratio %.2fx), quantization variance %.4g",
-                self.iteration, self.bytes_sent, self.bytes_uncompressed, self.compression_ratio, self.variance_estimate,
+                self.iteration - 1, sent, uncompressed, uncompressed / sent if sent else 1.0, self.variance_estimate,
             )
         should_observe = getattr(self.quantizer, "should_observe", None)
         if should_observe is not None and should_observe(self.iteration):
