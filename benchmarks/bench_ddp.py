@@ -81,9 +81,25 @@ class Contender:
         return {FP32_SPEC: "fp32 allreduce", LOCAL_SPEC: "no communication"}.get(self.spec, self.spec)
 
 
+FLAT_SUFFIX = "+flat"  # an rs- contender that stays flat (not hierarchical) in the nodes topology
+
+
+def flat_spec(spec: str) -> tuple[str, bool]:
+    """``(hook spec, flat)`` of a contender: ``rs-nuqsgd:4+flat`` is ``rs-nuqsgd:4`` run without
+    ``hierarchical=True`` where ``--topology nodes`` would otherwise set it."""
+    if spec.endswith(FLAT_SUFFIX):
+        base = spec[: -len(FLAT_SUFFIX)]
+        if not base.startswith("rs-"):
+            raise ValueError(f"{FLAT_SUFFIX!r} applies to rs- contenders only, got {spec!r}")
+        return base, True
+    return spec, False
+
+
 def contender_for(spec: str) -> Contender:
     """The :class:`Contender` a spec string names; ``ValueError`` for anything the hooks reject."""
     spec = spec.strip().lower()
+    if flat_spec(spec)[1]:
+        return Contender(spec, "commcomp", contender_for(flat_spec(spec)[0]).algorithm)
     if spec == FP32_SPEC:
         return Contender(spec, "reference", "allreduce")
     if spec == LOCAL_SPEC:
@@ -115,16 +131,29 @@ def default_contenders(bits: Sequence[int] = (2, 3, 4)) -> list[Contender]:
 # ----------------------------------------------------------------------------------------------
 # Byte accounting
 # ----------------------------------------------------------------------------------------------
-def link_bytes_per_step(algorithm: str, payload_bytes_per_rank: float, world_size: int) -> float:
-    """Bytes that cross a shared link per step when every rank contributes ``payload_bytes_per_rank``.
+def link_bytes_per_step(algorithm: str, payload_bytes_per_rank: float, world_size: int, nodes: int = 1,
+                        hierarchical: bool = False) -> float:
+    """Bytes that cross the shaped link per step when every rank contributes ``payload_bytes_per_rank``.
+
+    One shared link (``nodes=1``: every rank behind one shaped loopback):
 
     * ring allreduce (Gloo's and NCCL's large-message algorithm): reduce-scatter then all-gather,
       each rank sends ``2 (p-1)/p * N``, so all ranks together ``2 (p-1) N``;
-    * all-gather: each rank's payload reaches the ``p-1`` others, ``p (p-1) N`` in all;
+    * all-gather (a ring in Gloo): each rank's payload reaches the ``p-1`` others, ``p (p-1) N``;
     * reduce-scatter + all-gather of compressed chunks (``rs-``): each rank sends ``(p-1)/p`` of
       its compressed bucket ``N`` in the all-to-all and its reduced chunk (``N/p``) to ``p-1``
       ranks in the all-gather, ``2 (p-1) N`` in all, as a ring allreduce of ``N``;
     * none: 0.
+
+    Two nodes (``nodes=2``: ranks ``0..p/2-1`` on one, the rest on the other; only the link between
+    them is shaped and counted). A ring over the ranks crosses it twice, once each way:
+
+    * ring allreduce ``2 * 2 (p-1)/p N``; ring all-gather ``2 (p-1) N``;
+    * ``rs-`` flat: the all-to-all sends ``N/p`` from every rank to each of the ``p/2`` ranks of
+      the other node (``p N / 2``), the all-gather of the ``N/p`` chunks is a ring (``2 (p-1) N / p``);
+    * ``rs-`` hierarchical (``hierarchical``: fp32 inside a node, compressed across): ``N`` is
+      what a rank compresses, its share of the bucket; across the nodes each rank exchanges
+      with its one peer half of it in the all-to-all and half in the all-gather: ``p N``.
 
     Excludes TCP/IP framing (a few % on loopback's 64 KiB MTU), which the interface counters include.
     """
@@ -132,14 +161,22 @@ def link_bytes_per_step(algorithm: str, payload_bytes_per_rank: float, world_siz
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if payload_bytes_per_rank < 0:
         raise ValueError(f"payload_bytes_per_rank must be >= 0, got {payload_bytes_per_rank}")
-    p = world_size
-    if algorithm in ("allreduce", "reduce_scatter"):
-        return 2 * (p - 1) * payload_bytes_per_rank
-    if algorithm == "allgather":
-        return p * (p - 1) * payload_bytes_per_rank
+    if nodes not in (1, 2) or world_size % nodes:
+        raise ValueError(f"nodes must be 1 or 2 and divide world_size, got nodes={nodes}, world_size={world_size}")
+    if algorithm not in ("allreduce", "reduce_scatter", "allgather", "none"):
+        raise ValueError(f"algorithm must be 'allreduce', 'reduce_scatter', 'allgather' or 'none', got {algorithm!r}")
+    p, n = world_size, payload_bytes_per_rank
     if algorithm == "none":
         return 0.0
-    raise ValueError(f"algorithm must be 'allreduce', 'reduce_scatter', 'allgather' or 'none', got {algorithm!r}")
+    if nodes == 1:
+        return (p * (p - 1) if algorithm == "allgather" else 2 * (p - 1)) * n
+    if algorithm == "allreduce":
+        return 4 * (p - 1) / p * n
+    if algorithm == "allgather":
+        return 2 * (p - 1) * n
+    if hierarchical:
+        return p * n
+    return p * n / 2 + 2 * (p - 1) / p * n
 
 
 def torch_hook_payload_bytes(spec: str, param_shapes: Sequence[Sequence[int]]) -> float:
@@ -276,7 +313,8 @@ def make_hook(spec: str, refit_at: int = 1, hierarchical: bool = False) -> tuple
 
     if contender_for(spec).family == "pytorch":
         return hook_from_spec(spec)
-    extra = {"hierarchical": True} if hierarchical and spec.startswith("rs-") else {}
+    spec, flat = flat_spec(spec)
+    extra = {"hierarchical": True} if hierarchical and not flat and spec.startswith("rs-") else {}
     state, hook = hook_from_spec(spec, log_every=0, **extra)
     if isinstance(state, CompressionState) and hasattr(state.quantizer, "should_observe"):
         from commcomp.adaptive import UpdateSchedule
@@ -306,7 +344,8 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
     shapes = [tuple(p.shape) for p in model.parameters()]
     ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               bucket_cap_mb=single_bucket_mb(spec))
-    state, hook = make_hook(spec, hierarchical=cfg.get("nodes", 1) > 1 and cfg.get("local_ranks", 1) > 1)
+    hierarchical = cfg.get("nodes", 1) > 1 and cfg.get("local_ranks", 1) > 1 and not flat_spec(spec)[1]
+    state, hook = make_hook(spec, hierarchical=hierarchical)
     if hook is not None:
         ddp.register_comm_hook(state, hook)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=0.9)
@@ -360,7 +399,8 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
         "median_step_s": statistics.median(step_times.tolist()),
         "link_bytes_per_step": (link1 - link0) / cfg["steps"] if cfg["count_link"] else None,
         "payload_bytes_per_rank": payload,
-        "model_link_bytes_per_step": link_bytes_per_step(algorithm, payload or 0.0, world),
+        "model_link_bytes_per_step": link_bytes_per_step(algorithm, payload or 0.0, world, cfg.get("nodes", 1),
+                                                         hierarchical and algorithm == "reduce_scatter"),
         "hook_compression_ratio": ratio,
         "loss_after_steps": eval_loss,
         "steps_trained": total,

@@ -36,10 +36,20 @@ def test_default_lineup_holds_every_contender_the_issue_names():
     ("powersgd:4", "pytorch", "allreduce"), ("quant-pertensor", "pytorch", "allgather"),
     ("nuqsgd:4:elias", "commcomp", "allgather"), ("allreduce-qsgd:3", "commcomp", "allreduce"),
     ("rs-nuqsgd:4", "commcomp", "reduce_scatter"), ("rs-qsgd:3:elias", "commcomp", "reduce_scatter"),
+    ("rs-nuqsgd:4+flat", "commcomp", "reduce_scatter"),
 ])
 def test_contender_classification(spec, family, algorithm):
     c = bench_ddp.contender_for(spec)
     assert (c.family, c.algorithm) == (family, algorithm)
+
+
+def test_flat_suffix_keeps_rs_hooks_flat_between_nodes():
+    assert bench_ddp.flat_spec("rs-nuqsgd:4+flat") == ("rs-nuqsgd:4", True)
+    assert bench_ddp.flat_spec("rs-nuqsgd:4") == ("rs-nuqsgd:4", False)
+    assert bench_ddp.make_hook("rs-nuqsgd:4", hierarchical=True)[0].hierarchical
+    assert not bench_ddp.make_hook("rs-nuqsgd:4+flat", hierarchical=True)[0].hierarchical
+    with pytest.raises(ValueError, match="rs- contenders only"):
+        bench_ddp.contender_for("nuqsgd:4+flat")
 
 
 def test_parse_args_defaults_and_bad_input():
@@ -67,6 +77,15 @@ def test_link_bytes_hand_checked():
     assert bench_ddp.link_bytes_per_step("none", 100, 4) == 0
     # reduce-scatter + all-gather of a compressed bucket N: (p-1)/p N out in each phase per rank
     assert bench_ddp.link_bytes_per_step("reduce_scatter", 100, 4) == 600
+    # Two nodes of p/2 ranks: only the link between them counts. At p = 2 it is the shared link.
+    for algorithm in ("allreduce", "allgather", "reduce_scatter"):
+        assert bench_ddp.link_bytes_per_step(algorithm, 100, 2, nodes=2) == 200
+    assert bench_ddp.link_bytes_per_step("allreduce", 100, 4, nodes=2) == 300  # a ring crosses twice
+    assert bench_ddp.link_bytes_per_step("allgather", 100, 4, nodes=2) == 600
+    assert bench_ddp.link_bytes_per_step("reduce_scatter", 100, 4, nodes=2) == 350  # 200 all-to-all, 150 ring
+    assert bench_ddp.link_bytes_per_step("reduce_scatter", 100, 4, nodes=2, hierarchical=True) == 400
+    with pytest.raises(ValueError, match="nodes"):
+        bench_ddp.link_bytes_per_step("allreduce", 1, 3, nodes=2)
     with pytest.raises(ValueError, match="algorithm"):
         bench_ddp.link_bytes_per_step("broadcast", 1, 2)
     with pytest.raises(ValueError, match="world_size"):
@@ -243,3 +262,18 @@ def test_bytes_between_two_nodes_match_the_model():
     assert error is None and link is not None and len(rows) == 2
     for r in rows:
         assert r["model_link_bytes_per_step"] <= r["link_bytes_per_step"] <= 1.15 * r["model_link_bytes_per_step"] + 40_000
+
+
+@needs_netns
+def test_bytes_between_two_nodes_of_two_ranks_match_the_model():
+    # two ranks per node: only cross-node traffic is on the veth (rings cross it twice; the
+    # hierarchical rs- hook sends only its compressed share across, the flat one every chunk)
+    cfg = dict(TINY, count_link=True, world_size=4, threads=1, device="cpu", link_check_bytes=1 << 16, port=29522,
+               contenders=["none", "nuqsgd:4", "rs-nuqsgd:4", "rs-nuqsgd:4+flat"], collective_timeout_s=60, nodes=2,
+               local_ranks=2, master_addr=f"{bench_ddp.NODE_SUBNET}1", interface="cc0")
+    name = f"cctest{os.getpid()}"
+    with bench_ddp.shaped_nodes(name, 10.0) as namespaces:
+        rows, link, error = bench_ddp._run_worker_nodes(cfg, namespaces, timeout_s=240)
+    assert error is None and link is not None and len(rows) == 4, error
+    for r in rows:
+        assert r["model_link_bytes_per_step"] <= r["link_bytes_per_step"] <= 1.15 * r["model_link_bytes_per_step"] + 80_000, r
