@@ -368,17 +368,21 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
     sync()
     dist.barrier()
     link0 = read_interface_bytes(cfg.get("interface", "lo")) if cfg["count_link"] else 0
-    times = []
+    times, cpu = [], []
     for i in range(cfg["warmup"], total):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(i)
         sync()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)  # every thread of this rank: hook callbacks, Gloo, TCP
     dist.barrier()
     link1 = read_interface_bytes(cfg.get("interface", "lo")) if cfg["count_link"] else 0
     # A step lasts as long as its slowest rank.
     step_times = torch.tensor(times, dtype=torch.float64)
     dist.all_reduce(step_times, op=dist.ReduceOp.MAX)
+    cpu_times = torch.tensor(cpu, dtype=torch.float64)
+    dist.all_reduce(cpu_times)  # mean over ranks of each step's CPU time
+    cpu_times /= world
     # Held-out loss with batch statistics: after a few dozen steps BatchNorm's running averages
     # are still far from the data's, and eval-mode losses would measure them, not the weights.
     with torch.no_grad():
@@ -397,6 +401,8 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
         "params": sum(_prod(s) for s in shapes),
         "step_times_s": step_times.tolist(),
         "median_step_s": statistics.median(step_times.tolist()),
+        "cpu_times_s": cpu_times.tolist(),
+        "median_cpu_s": statistics.median(cpu_times.tolist()),
         "link_bytes_per_step": (link1 - link0) / cfg["steps"] if cfg["count_link"] else None,
         "payload_bytes_per_rank": payload,
         "model_link_bytes_per_step": link_bytes_per_step(algorithm, payload or 0.0, world, cfg.get("nodes", 1),
@@ -412,7 +418,9 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
 def _profile_share(step: Callable[[int], float], first: int, n: int, device: torch.device) -> dict[str, float]:
     """Share of ``n`` profiled steps spent in kernels: all device kernels (CUDA) and commcomp ops
     (their device time on CUDA, their CPU time on CPU). The commcomp share is a lower bound of the
-    compression cost: the hooks' Python glue and plain torch ops around the ops are not counted."""
+    compression cost: the hooks' Python glue and plain torch ops around the ops are not counted,
+    and on CPU the profiler sees only the training thread, not the ops that future callbacks run
+    on the process group's threads (the ``CPU ms/step`` column counts every thread)."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -636,6 +644,9 @@ def merge_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         merged = dict(group[-1], rounds=len(group))
         merged["step_times_s"] = [t for r in group for t in r["step_times_s"]]
         merged["median_step_s"] = statistics.median(merged["step_times_s"])
+        if all("cpu_times_s" in r for r in group):
+            merged["cpu_times_s"] = [t for r in group for t in r["cpu_times_s"]]
+            merged["median_cpu_s"] = statistics.median(merged["cpu_times_s"])
         for key in ("link_bytes_per_step", "loss_after_steps"):
             if group[0].get(key) is not None:
                 merged[key] = statistics.fmean(r[key] for r in group)
@@ -680,9 +691,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of summarized rows; failed contenders listed under it."""
     shares = [r.get("op_share") or {} for r in rows if "error" not in r]
     share_keys = [k for k in ("kernel_share", "commcomp_kernel_share", "commcomp_op_share") if any(k in s for s in shares)]
-    lines = ["| contender | step ms | x compute-only | link MB/step measured | model MB/step | bytes ratio | speedup | ideal | loss after N | loss - fp32 |"
+    lines = ["| contender | step ms | x compute-only | CPU ms/step | link MB/step measured | model MB/step | bytes ratio | speedup | ideal | loss after N | loss - fp32 |"
              + "".join(f" {k.replace('_', ' ')} |" for k in share_keys),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(share_keys)]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(share_keys)]
 
     def num(v: Any, fmt: str, suffix: str = "") -> str:
         return "-" if v is None else format(v, fmt) + suffix
@@ -693,6 +704,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         link = r.get("link_bytes_per_step")
         lines.append(
             f"| {r['spec']} | {r['median_step_s'] * 1e3:.0f} | {num(r.get('vs_compute_only'), '.2f', 'x')} | "
+            f"{num(None if r.get('median_cpu_s') is None else r['median_cpu_s'] * 1e3, '.0f')} | "
             f"{num(None if link is None else link / 1e6, '.2f')} | "
             f"{r['model_link_bytes_per_step'] / 1e6:.2f} | {num(r.get('byte_ratio'), '.1f', 'x')} | "
             f"{num(r.get('speedup'), '.2f', 'x')} | {num(r.get('ideal_speedup'), '.2f', 'x')} | "

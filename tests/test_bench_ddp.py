@@ -188,6 +188,7 @@ def test_tiny_two_rank_run_reports_consistent_rows():
     for r0, r1 in zip(rows0, rows1):
         assert len(r0["step_times_s"]) == TINY["steps"] and min(r0["step_times_s"]) > 0
         assert r0["step_times_s"] == r1["step_times_s"]  # max over ranks, identical everywhere
+        assert r0["cpu_times_s"] == r1["cpu_times_s"] and min(r0["cpu_times_s"]) > 0  # mean over ranks
         assert math.isfinite(r0["loss_after_steps"])
         # averaged gradients keep the ranks' weights equal: same held-out loss on both ranks
         assert r0["loss_after_steps"] == pytest.approx(r1["loss_after_steps"], rel=1e-5)
