@@ -98,8 +98,9 @@ def flat_spec(spec: str) -> tuple[str, bool]:
 def contender_for(spec: str) -> Contender:
     """The :class:`Contender` a spec string names; ``ValueError`` for anything the hooks reject."""
     spec = spec.strip().lower()
-    if flat_spec(spec)[1]:
-        return Contender(spec, "commcomp", contender_for(flat_spec(spec)[0]).algorithm)
+    base, flat = flat_spec(spec)
+    if flat:
+        return Contender(spec, "commcomp", contender_for(base).algorithm)
     if spec == FP32_SPEC:
         return Contender(spec, "reference", "allreduce")
     if spec == LOCAL_SPEC:
@@ -344,8 +345,7 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
     shapes = [tuple(p.shape) for p in model.parameters()]
     ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               bucket_cap_mb=single_bucket_mb(spec))
-    hierarchical = cfg.get("nodes", 1) > 1 and cfg.get("local_ranks", 1) > 1 and not flat_spec(spec)[1]
-    state, hook = make_hook(spec, hierarchical=hierarchical)
+    state, hook = make_hook(spec, hierarchical=cfg.get("nodes", 1) > 1 and cfg.get("local_ranks", 1) > 1)
     if hook is not None:
         ddp.register_comm_hook(state, hook)
     opt = torch.optim.SGD(ddp.parameters(), lr=cfg["lr"], momentum=0.9)
@@ -406,7 +406,7 @@ def _run_contender(spec: str, cfg: dict[str, Any], data: tuple[torch.Tensor, ...
         "link_bytes_per_step": (link1 - link0) / cfg["steps"] if cfg["count_link"] else None,
         "payload_bytes_per_rank": payload,
         "model_link_bytes_per_step": link_bytes_per_step(algorithm, payload or 0.0, world, cfg.get("nodes", 1),
-                                                         hierarchical and algorithm == "reduce_scatter"),
+                                                         bool(getattr(state, "hierarchical", False))),
         "hook_compression_ratio": ratio,
         "loss_after_steps": eval_loss,
         "steps_trained": total,

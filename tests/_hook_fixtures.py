@@ -16,3 +16,16 @@ def batch(rank: int, step: int = 0, size: int = 32) -> tuple[torch.Tensor, torch
 
 def flat_grad(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def flat_params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def train_steps(ddp: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, first: int, last: int) -> None:
+    """Steps ``first..last-1`` of cross-entropy training on rank ``rank``'s batches."""
+    for step in range(first, last):
+        x, y = batch(rank, step)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+        opt.step()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from _dist import run_ranks
-from _hook_fixtures import batch, small_model
+from _hook_fixtures import batch, flat_grad, flat_params, small_model, train_steps
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import commcomp
@@ -15,10 +15,6 @@ from commcomp.hooks.allreduce import wire_dtype
 
 
 _model, _batch = small_model, batch
-
-
-def _flat_grad(model):
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 
 def _hooked_ddp(spec, **kw):
@@ -32,13 +28,13 @@ def _unbiased_and_identical(rank, world, spec, trials):
     x, y = _batch(rank)
     plain = DDP(_model(), bucket_cap_mb=0.01)
     torch.nn.functional.cross_entropy(plain(x), y).backward()
-    exact = _flat_grad(plain).double()
+    exact = flat_grad(plain).double()
     ddp, state = _hooked_ddp(spec)
     draws = []
     for _ in range(trials):
         ddp.zero_grad()
         torch.nn.functional.cross_entropy(ddp(x), y).backward()
-        draws.append(_flat_grad(ddp).double())
+        draws.append(flat_grad(ddp).double())
     draws = torch.stack(draws)
     return exact, draws.mean(0), draws.var(0), draws[-1], state.compression_ratio, state.iteration
 
@@ -79,7 +75,7 @@ def _train(rank, world, spec, steps):
         opt.step()
     with torch.no_grad():
         acc = (model(test.x).argmax(1) == test.y).float().mean().item()
-    return acc, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return acc, flat_params(model)
 
 
 @pytest.mark.parametrize("spec", ["nuqsgd:4:elias", "allreduce-qsgd:4"])
@@ -136,26 +132,19 @@ def _resume(rank, world, spec, steps, stop, layout, error_feedback=True):
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
         return ddp, state, opt
 
-    def run(ddp, opt, first, last):
-        for step in range(first, last):
-            x, y = _batch(rank, step)
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(ddp(x), y).backward()
-            opt.step()
+    ddp, state, opt = make()
+    train_steps(ddp, opt, rank, 0, steps)
+    straight = flat_params(ddp)
 
     ddp, state, opt = make()
-    run(ddp, opt, 0, steps)
-    straight = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
-
-    ddp, state, opt = make()
-    run(ddp, opt, 0, stop)
+    train_steps(ddp, opt, rank, 0, stop)
     checkpoint = copy.deepcopy({"model": ddp.module.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()})
     ddp, state, opt = make()  # a fresh process would start here
     ddp.module.load_state_dict(checkpoint["model"])
     opt.load_state_dict(checkpoint["opt"])
     state.load_state_dict(checkpoint["hook"])
-    run(ddp, opt, stop, steps)
-    resumed = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
+    train_steps(ddp, opt, rank, stop, steps)
+    resumed = flat_params(ddp)
     residuals = checkpoint["hook"]["residuals"]["local"]
     return torch.equal(straight, resumed), sorted(residuals), len(list(ddp.parameters()))
 
@@ -273,14 +262,8 @@ def _adaptive_run(rank, world, scheme):
     ddp = DDP(_model())
     state = CompressionState(q, min_compression_numel=0, coding="elias-omega", start_iter=1)
     ddp.register_comm_hook(state, allgather_hook)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
-    for step in range(5):
-        x, y = _batch(rank, step)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(ddp(x), y).backward()
-        opt.step()
-    params = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
-    return initial.values, q.levels.values, q.updates, state.state_dict()["quantizer"]["levels"], params
+    train_steps(ddp, torch.optim.SGD(ddp.parameters(), lr=0.05), rank, 0, 5)
+    return initial.values, q.levels.values, q.updates, state.state_dict()["quantizer"]["levels"], flat_params(ddp)
 
 
 @pytest.mark.parametrize("scheme", ["alq", "amq"])

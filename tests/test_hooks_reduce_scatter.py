@@ -3,7 +3,7 @@ quantizer and coding, hierarchical groups, adaptive refits, a corrupt peer paylo
 import pytest
 import torch
 from _dist import run_ranks
-from _hook_fixtures import batch, small_model
+from _hook_fixtures import batch, flat_grad, flat_params, small_model, train_steps
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import commcomp
@@ -16,15 +16,11 @@ TRIALS = 200
 _model, _batch = small_model, batch
 
 
-def _grad(model):
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()
-
-
 def _draws(rank, world, cases, trials):
     x, y = _batch(rank)
     plain = DDP(_model(), bucket_cap_mb=0.004)
     torch.nn.functional.cross_entropy(plain(x), y).backward()
-    out = {"exact": _grad(plain)}
+    out = {"exact": flat_grad(plain).double()}
     for spec, kwargs in cases:
         ddp = DDP(_model(), bucket_cap_mb_list=[0.004] * 4, find_unused_parameters=True)  # several buckets
         state, hook = hook_from_spec(spec, bucket_size=64, min_compression_numel=0, **kwargs)
@@ -34,7 +30,7 @@ def _draws(rank, world, cases, trials):
         for _ in range(trials):
             ddp.zero_grad()
             torch.nn.functional.cross_entropy(ddp(x), y).backward()
-            draws.append(_grad(ddp))
+            draws.append(flat_grad(ddp).double())
             sent.append(state.bytes_sent)
         draws = torch.stack(draws)
         out[spec + str(kwargs)] = (draws.mean(0), draws.var(0), draws[-1], state.compression_ratio,
@@ -93,13 +89,8 @@ def _adaptive(rank, world, scheme):
     ddp = DDP(_model(), bucket_cap_mb_list=[0.004] * 4, find_unused_parameters=True)
     state = CompressionState(q, min_compression_numel=0, coding="elias-gamma", start_iter=1)
     ddp.register_comm_hook(state, reduce_scatter_hook)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
-    for step in range(5):
-        x, y = _batch(rank, step)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(ddp(x), y).backward()
-        opt.step()
-    return initial.values, q.levels.values, q.updates, torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
+    train_steps(ddp, torch.optim.SGD(ddp.parameters(), lr=0.05), rank, 0, 5)
+    return initial.values, q.levels.values, q.updates, flat_params(ddp)
 
 
 @pytest.mark.parametrize("scheme", ["alq", "amq"])

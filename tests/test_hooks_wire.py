@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from _dist import run_ranks
-from _hook_fixtures import batch, small_model
+from _hook_fixtures import batch, flat_grad, small_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from commcomp import NUQSGD, QSGD
@@ -98,7 +98,7 @@ def _nonfinite_buckets(rank, world, specs):
                     ddp.register_comm_hook(state, hook)
                 x, y = _batch(rank)
                 torch.nn.functional.cross_entropy(ddp(x), y).backward()
-                results.append(torch.cat([p.grad.reshape(-1) for p in ddp.parameters()]))
+                results.append(flat_grad(ddp))
             out[(spec, str(bad))] = results
     return out
 
@@ -150,7 +150,7 @@ def _late_peer(rank, world, which):
             time.sleep(2.0)  # this rank starts its backward 2 s after its peer
         ddp.zero_grad()
         torch.nn.functional.cross_entropy(ddp(x), y).backward()
-        grads.append(torch.cat([p.grad.reshape(-1) for p in ddp.parameters()]))
+        grads.append(flat_grad(ddp))
     return timed.seconds[first_step_calls:], grads
 
 

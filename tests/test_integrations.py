@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from _dist import run_ranks
+from _hook_fixtures import flat_params
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from commcomp.hooks import hook_from_spec, register_comm_hook
@@ -34,10 +35,6 @@ def _launched_by_torchrun(rank, world):
                       NODE_RANK="0")
 
 
-def _flat(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
 def _by_hand(rank, spec):
     """The reference: a plain DDP loop, hook registered by hand."""
     ddp = DDP(_net())
@@ -48,7 +45,7 @@ def _by_hand(rank, spec):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(ddp(x), y).backward()
             opt.step()
-    return _flat(ddp.module), state.iteration, state.total_bytes_sent
+    return flat_params(ddp.module), state.iteration, state.total_bytes_sent
 
 
 def _lightning_module():
@@ -87,7 +84,7 @@ def _lightning(rank, world, runs):
         model = _lightning_module()
         trainer.fit(model, _shard(rank))
         state = callback.state
-        out.append(((_flat(model), state.iteration, state.total_bytes_sent), _by_hand(rank, spec)))
+        out.append(((flat_params(model), state.iteration, state.total_bytes_sent), _by_hand(rank, spec)))
     return out
 
 
@@ -134,7 +131,7 @@ def _accelerate(rank, world, specs):
                 opt.zero_grad()
                 accelerator.backward(torch.nn.functional.cross_entropy(model(x), y))
                 opt.step()
-        out.append(((_flat(model.module), state.iteration, state.total_bytes_sent), _by_hand(rank, spec)))
+        out.append(((flat_params(model.module), state.iteration, state.total_bytes_sent), _by_hand(rank, spec)))
     return out
 
 
