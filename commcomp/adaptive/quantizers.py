@@ -137,33 +137,44 @@ class AdaptiveQuantizer(Quantizer):
         stats = level_stats(flat, self.bucket_size, self.norm, self.bins, norms)
         self._pending = stats if self._pending is None else self._pending + stats.to(self._pending.device)
 
-    def update(self, group: dist.ProcessGroup | None = None) -> bool:
+    def update(self, group: dist.ProcessGroup | None = None, device: torch.device | None = None) -> bool:
         """Sum the pending statistics over ``group`` (if torch.distributed is initialized) and refit.
 
         A collective: every rank of ``group`` must call it, also ranks that observed nothing.
-        Returns whether the levels changed. Without any mass anywhere, levels are kept.
+        ``device``: where the sum runs when this rank observed nothing (default: the CPU); the
+        group's backend for that device carries it. Returns whether the levels changed. Without
+        any mass anywhere, levels are kept.
         """
-        return self.start_update(group).wait()
+        return self.start_update(group, device).wait()
 
-    def start_update(self, group: dist.ProcessGroup | None = None) -> torch.futures.Future[bool]:
+    def start_update(
+        self, group: dist.ProcessGroup | None = None, device: torch.device | None = None
+    ) -> torch.futures.Future[bool]:
         """:meth:`update` without waiting: launches the ``all_reduce`` and refits when it completes.
 
-        For code that must not block (a DDP hook body): the levels switch when the returned
-        future completes, and its value says whether they changed. Callers that quantize while
-        the future is pending use the levels they read before calling.
+        Callers that quantize while the future is pending use the levels they read before
+        calling. (commcomp's hooks launch the sum through their own communication thread instead:
+        :meth:`take_statistics` and :meth:`refit`.)
         """
-        stats = self._pending
-        self._pending = None
-        device = _collective_device(group)
-        stats = torch.zeros(self.bins, dtype=torch.float64, device=device) if stats is None else stats.to(device)
+        stats = self.take_statistics(device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
             reduced = dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=group, async_op=True).get_future()
-            return reduced.then(lambda _: self._refit(stats))
+            return reduced.then(lambda f: self.refit(f.wait()[0]))
         done: torch.futures.Future[bool] = torch.futures.Future()
-        done.set_result(self._refit(stats))
+        done.set_result(self.refit(stats))
         return done
 
-    def _refit(self, stats: torch.Tensor) -> bool:
+    def take_statistics(self, device: torch.device | None = None) -> torch.Tensor:
+        """This rank's pending statistics (float64 bin masses), handed over for summing across ranks
+        and forgotten here: on the device they were observed on, or zeros on ``device`` (default:
+        the CPU) when this rank observed nothing."""
+        stats, self._pending = self._pending, None
+        if stats is None:
+            return torch.zeros(self.bins, dtype=torch.float64, device=device if device is not None else "cpu")
+        return stats if device is None else stats.to(device)
+
+    def refit(self, stats: torch.Tensor) -> bool:
+        """Refit the levels to the statistics summed over every rank; returns whether they changed."""
         hist = Histogram.from_stats(stats)
         self.updates += 1
         if not hist.total > 0:
@@ -216,13 +227,6 @@ class AdaptiveQuantizer(Quantizer):
             f"{type(self).__name__}(bits={self.bits}, bucket_size={self.bucket_size}, norm={self.norm!r}, "
             f"update_schedule={self.update_schedule}, bins={self.bins})"
         )
-
-
-def _collective_device(group: dist.ProcessGroup | None) -> torch.device:
-    """Where an all_reduce over ``group`` must live: CUDA for NCCL, CPU otherwise."""
-    if dist.is_available() and dist.is_initialized() and dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 @register_scheme

@@ -32,7 +32,10 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ._wire import done_future, resolve_group
+from ._comm_thread import comm_thread
+from ._groups import resolve_group
+from ._streams import on_comm_stream
+from ._wire import done_future
 
 __all__ = ["FlatBucket", "ParameterGradients", "ddp_comm_hook", "is_ddp", "ddp_named_parameters"]
 
@@ -154,6 +157,10 @@ def ddp_comm_hook(check: StateCheck | None = None) -> Callable[[Callable], Calla
     ``check(state, world_size)`` refuses a state the hook cannot run, before anything is sent; it
     runs on every call and is exposed as ``hook.check_state`` so :func:`~commcomp.hooks.hook_from_spec`
     and :func:`~commcomp.hooks.register_comm_hook` can run it at construction.
+
+    The body runs on commcomp's stream of the bucket's device, after the gradients' stream
+    (:mod:`._streams`). A body that raises gives up the places it reserved in the launch order,
+    so the collectives of later buckets are not held back behind them.
     """
 
     def decorate(body: Callable) -> Callable:
@@ -163,7 +170,14 @@ def ddp_comm_hook(check: StateCheck | None = None) -> Callable[[Callable], Calla
                 return torch.compiler.disable(_per_parameter)(hook, state, bucket)
             if check is not None:
                 check(state, resolve_group(state.process_group).world)
-            return body(state, bucket)
+            thread = comm_thread()
+            first = thread.reserved()
+            try:
+                with on_comm_stream(bucket.buffer().device, wait_for_caller=True):
+                    return body(state, bucket)
+            except BaseException:
+                thread.abandon(first)
+                raise
 
         hook.check_state = check
         return hook
@@ -176,11 +190,14 @@ def _per_parameter(hook: Callable, state: Any, pair: tuple[torch.Tensor, torch.T
         raise ValueError(f"a per-parameter hook call carries (grad, param), got a tuple of {len(pair)}")
     grad, param = pair
     gradients = state.parameter_gradients()
-    buckets = gradients.add(grad, param)
-    if buckets:
-        futures = [hook(state, b) for b in buckets]  # bodies in bucket order, as DDP runs them
-        for b, fut in zip(buckets, futures):
-            b.write_back(fut.wait())  # DDP drops the future: the gradient must be in place now
+    # On commcomp's stream, and backward's stream waits for it at the end: the gradients written
+    # back here are read by the optimizer with no future in between (DDP drops it).
+    with on_comm_stream(grad.device, wait_for_caller=True, caller_waits=True):
+        buckets = gradients.add(grad, param)
+        if buckets:
+            futures = [hook(state, b) for b in buckets]  # bodies in bucket order, as DDP runs them
+            for b, fut in zip(buckets, futures):
+                b.write_back(fut.wait())  # DDP drops the future: the gradient must be in place now
     return done_future(grad, grad.device)
 
 

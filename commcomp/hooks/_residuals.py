@@ -5,7 +5,8 @@ rebuilds its buckets after the first iteration) and after every resume. A residu
 bucket would then be added to other coordinates. Here each residual belongs to a parameter
 (:class:`~commcomp.hooks._params.ParamSlice` says where the parameter is in the current bucket).
 A checkpointed residual whose size differs from its parameter's raises ``ValueError`` instead of
-landing on the wrong coordinates.
+landing on the wrong coordinates. Checkpointed residuals are loaded on the CPU and move to the
+gradients' device the first time they are used there.
 
 Two kinds: ``local`` (what this rank quantized and sent: every hook) and ``reduced`` (what this
 rank re-quantized after the reduce-scatter of :func:`~commcomp.hooks.reduce_scatter_hook`: only
@@ -35,7 +36,7 @@ class ParameterResiduals:
         """``x`` (bucket coordinates ``[lo, lo + x.numel())``) += the residuals stored for them."""
         store = self.local if kind == "local" else self.reduced
         for part, (a, b) in _overlaps(slices, lo, lo + x.numel()):
-            residual = store.get(part.key)
+            residual = _on(store, part.key, x.device)
             if residual is None:
                 continue
             if residual.numel() != part.numel:
@@ -43,7 +44,7 @@ class ParameterResiduals:
                     f"error-feedback residual {part.key!r} holds {residual.numel()} values but its parameter has "
                     f"{part.numel}: the checkpoint was made with another model (or other DDP arguments: bind names)"
                 )
-            x[a - lo : b - lo] += residual[a - part.start : b - part.start].to(x.device)
+            x[a - lo : b - lo] += residual[a - part.start : b - part.start]
 
     def store(self, error: torch.Tensor, slices: list[ParamSlice], kind: ResidualKind, lo: int = 0) -> None:
         """Keep ``error`` (bucket coordinates ``[lo, lo + error.numel())``) as the residuals of
@@ -55,7 +56,7 @@ class ParameterResiduals:
             if (a, b) == (part.start, part.start + part.numel):
                 store[part.key] = piece.clone()
                 continue
-            kept = store.get(part.key)
+            kept = _on(store, part.key, error.device)
             if kept is None or kept.numel() != part.numel:
                 kept = torch.zeros(part.numel, dtype=error.dtype, device=error.device)
                 store[part.key] = kept
@@ -76,7 +77,7 @@ class ParameterResiduals:
             kept[: a - part.start] = 0
             kept[b - part.start :] = 0
 
-    def hand_over_reduced(self, slices: list[ParamSlice], lo: int, hi: int, weight: float) -> None:
+    def hand_over_reduced(self, slices: list[ParamSlice], lo: int, hi: int, weight: float, device: torch.device) -> None:
         """Move ``reduced`` residuals of this bucket's coordinates outside ``[lo, hi)`` into the
         ``local`` ones, times ``weight``.
 
@@ -86,15 +87,15 @@ class ParameterResiduals:
         unchanged: no error-feedback mass is lost.
         """
         for part in slices:
-            kept = self.reduced.get(part.key)
+            kept = _on(self.reduced, part.key, device)
             if kept is None:
                 continue
-            inside = torch.zeros(part.numel, dtype=torch.bool, device=kept.device)
+            inside = torch.zeros(part.numel, dtype=torch.bool, device=device)
             a, b = max(lo, part.start), min(hi, part.start + part.numel)
             if a < b:
                 inside[a - part.start : b - part.start] = True
             moved = torch.where(inside, torch.zeros_like(kept), kept)
-            local = self.local.get(part.key)
+            local = _on(self.local, part.key, device)
             self.local[part.key] = (local if local is not None else torch.zeros_like(kept)) + weight * moved
             if a < b:
                 self.reduced[part.key] = torch.where(inside, kept, torch.zeros_like(kept))
@@ -121,6 +122,14 @@ class ParameterResiduals:
 
     def __len__(self) -> int:
         return len(self.local) + len(self.reduced)
+
+
+def _on(store: dict[str, torch.Tensor], key: str, device: torch.device) -> torch.Tensor | None:
+    """``store[key]`` on ``device``, moved there (once) if it is elsewhere (a loaded checkpoint's)."""
+    kept = store.get(key)
+    if kept is not None and kept.device != device:
+        kept = store[key] = kept.to(device)
+    return kept
 
 
 def _overlaps(slices: list[ParamSlice], lo: int, hi: int):

@@ -2,18 +2,20 @@
 
 What it owns, so no hook writes it again:
 
-* **Groups and lanes.** A hook's first collective starts in the hook body, on the hook's group.
-  A collective that needs an earlier one's result starts from a ``Future`` callback, and
-  callbacks of different buckets finish in any order: launched on one group, two ranks could
-  issue the same collectives in different orders and exchange the wrong buffers. So stage ``k >= 1``
-  of a bucket runs on *lane* ``k``, a process group of its own, and each lane launches strictly in
-  the order the hook bodies ran (:class:`Lanes`). Every rank then issues the same sequence on
-  every group, and nothing in a hook body waits for a peer.
+* **Stages.** A bucket's collectives are its *stages*: a hook body constructs a
+  :class:`BucketWire` with the most stages the bucket can use (a function of the configuration
+  only), which reserves one place per stage in the global launch order of the communication
+  thread (:mod:`._comm_thread`); every reserved stage is then started or skipped exactly once.
+  Stages go to commcomp's own copies of the hook's groups (:mod:`._groups`).
+* **Follow-ups.** Whatever needs a collective's result (:meth:`BucketWire.chain`, :func:`chain`)
+  runs on the communication thread, on commcomp's stream (:mod:`._streams`), after a
+  ``wait()`` on the future it follows: futures are joined by waiting, never by reading a
+  sub-future's value (which on CUDA would skip the stream synchronization).
 * **Frames.** What a rank sends for a bucket: one kind byte, then a codec payload
   (``FRAME_PAYLOAD``), or nothing but padding when the rank's bucket holds inf/NaN
   (``FRAME_NONFINITE``). A non-finite bucket anywhere sends that bucket again as a plain fp32
-  average on the next lane (:meth:`BucketWire.fp32_average`), so AMP's GradScaler sees exactly
-  what PyTorch's default hook would have given it.
+  average (:meth:`BucketWire.fp32_average`), so AMP's GradScaler sees exactly what PyTorch's
+  default hook would have given it. Frames live on the bucket's device.
 * **Errors seen by one rank.** In an all-to-all each rank receives other bytes: a rank that finds
   a peer's payload invalid sends, in its next collective, a *blame* frame naming that peer
   (``FRAME_BLAME``), so every rank raises the same error instead of waiting for it.
@@ -21,23 +23,18 @@ What it owns, so no hook writes it again:
   announced size above a cap before it allocates anything.
 * **Undecodable peers.** :func:`decode_frames` applies one policy: ``"raise"`` a
   :class:`PeerPayloadError` naming the sender, or ``"mark"`` the row invalid (``None``).
-* **Iterations.** :func:`finish` is the one place an iteration ends: synchronously, in the body
-  of the last bucket, where every rank gets to in the same order.
-* **Group lifetimes.** A Gloo group joins its worker threads when it is destroyed; if the last
-  reference to it were dropped by a callback running on one of those threads (a closure that
-  outlives ``destroy_process_group``), the join would abort the process ("Resource deadlock
-  avoided"). Every group a hook uses is therefore retained here and let go only from a hook body
-  or at exit (:func:`retain_group`).
+* **Iterations.** :func:`finish` is the one place an iteration ends: in the body of the last
+  bucket, where every rank gets to in the same order.
 """
 from __future__ import annotations
 
-import atexit
-import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.distributed as dist
+
+from ._comm_thread import comm_thread, new_future
+from ._groups import GroupInfo
 
 __all__ = [
     "FRAME_PAYLOAD",
@@ -46,12 +43,7 @@ __all__ = [
     "blame_frame",
     "OnInvalid",
     "PeerPayloadError",
-    "GroupInfo",
-    "HookState",
-    "Lanes",
     "BucketWire",
-    "resolve_group",
-    "retain_group",
     "make_frame",
     "new_frame",
     "mark_kind",
@@ -60,6 +52,7 @@ __all__ = [
     "fp32_allreduce",
     "finish",
     "chain",
+    "join",
     "done_future",
 ]
 
@@ -78,216 +71,87 @@ class PeerPayloadError(RuntimeError):
         self.rank = rank
 
 
-@dataclass(frozen=True)
-class GroupInfo:
-    group: dist.ProcessGroup
-    rank: int
-    world: int
-
-
-def resolve_group(process_group: dist.ProcessGroup | None) -> GroupInfo:
-    group = process_group if process_group is not None else dist.group.WORLD
-    retain_group(group)
-    return GroupInfo(group, dist.get_rank(group), dist.get_world_size(group))
-
-
-_retained: dict[int, dist.ProcessGroup] = {}
-_retained_lock = threading.Lock()
-atexit.register(_retained.clear)  # at exit, on the main thread, before the interpreter winds down
-
-
-def retain_group(group: dist.ProcessGroup) -> None:
-    """Keep ``group`` alive until c10d has forgotten it and a later hook body lets it go.
-
-    Call from hook bodies only (never from a callback): groups that ``destroy_process_group``
-    removed since the last call are released here, on this thread, which is no group's worker.
-    """
-    live = dist.distributed_c10d._world.pg_map
-    with _retained_lock:
-        released = [_retained.pop(key) for key, kept in list(_retained.items()) if kept not in live]
-        _retained[id(group)] = group
-    del released  # destroyed here, outside the lock
-
-
-class Lanes:
-    """Process groups for collectives launched from callbacks, each launching in body order.
-
-    Lane ``k`` of a group is a copy of that group, created on first use from a hook body (every
-    rank reaches it at the same bucket, so the group creation — a one-off store barrier among the
-    group's ranks — is matched). Tickets are reserved in hook bodies, hence in the same order on
-    every rank; a lane launches ticket ``t`` only after every earlier ticket was launched or skipped.
-    """
-
-    def __init__(self) -> None:
-        self._lanes: dict[tuple[int, int], _Lane] = {}
-        self._lock = threading.RLock()
-
-    def reserve(self, base: dist.ProcessGroup, lane: int) -> tuple[_Lane, int]:
-        """A ticket on lane ``lane`` (>= 1) of ``base``; call from a hook body only."""
-        key = (id(base), lane)
-        if key not in self._lanes:
-            ranks = dist.get_process_group_ranks(base)
-            group = dist.new_group(ranks=ranks, backend=dist.get_backend(base), use_local_synchronization=True)
-            retain_group(group)
-            self._lanes[key] = _Lane(group, base)
-        target = self._lanes[key]
-        with self._lock:
-            ticket = target.reserved
-            target.reserved += 1
-        return target, ticket
-
-    def submit(self, target: _Lane, ticket: int, launch: Callable[[dist.ProcessGroup], None] | None) -> None:
-        """Run ``launch(group)`` (or nothing, for ``None``: a skipped stage) in ticket order."""
-        with self._lock:
-            target.waiting[ticket] = launch
-            while target.next in target.waiting:
-                start = target.waiting.pop(target.next)
-                target.next += 1
-                if start is not None:
-                    start(target.group)  # launches without waiting (async_op=True)
-
-
-class _Lane:
-    __slots__ = ("group", "base", "reserved", "next", "waiting")
-
-    def __init__(self, group: dist.ProcessGroup, base: dist.ProcessGroup) -> None:
-        self.group, self.base = group, base  # `base` kept alive: lanes are keyed by its id
-        self.reserved = self.next = 0
-        self.waiting: dict[int, Callable[[dist.ProcessGroup], None] | None] = {}
-
-
-class HookState:
-    """What the wire layer keeps for a hook: its group, its iteration and its lanes.
-
-    Subclasses (:class:`~commcomp.hooks.CompressionState`, the robust hook's state) override
-    :meth:`_end_iteration`.
-    """
-
-    __slots__ = ("process_group", "iteration", "_lanes", "_parameter_gradients")
-
-    def __init__(self, process_group: dist.ProcessGroup | None) -> None:
-        self.process_group = process_group
-        self.iteration = 0
-        self._lanes: Lanes | None = None
-        self._parameter_gradients = None
-
-    def bind(self, model: torch.nn.Module) -> None:
-        """Tell the state the model's parameters: the DDP model (DDP's ignored parameters are left
-        out) or the module it wraps.
-
-        Needed when DDP calls the hook once per parameter (compiled autograd with
-        ``optimize_ddp="python_reducer"``): a backward pass is complete when every trainable
-        parameter has handed over its gradient (see ``hooks/_bucket.py``).
-        :func:`~commcomp.hooks.register_comm_hook` calls it.
-        """
-        from ._bucket import ParameterGradients, ddp_named_parameters
-
-        self._parameter_gradients = ParameterGradients(ddp_named_parameters(model))
-
-    def is_bound(self) -> bool:
-        return self._parameter_gradients is not None
-
-    def parameter_gradients(self):
-        """The per-parameter calls of the current backward pass (:meth:`bind` first)."""
-        if self._parameter_gradients is None:
-            raise ValueError(
-                "DDP calls this hook once per parameter here (torch.compile with "
-                "torch._dynamo.config.optimize_ddp='python_reducer' and compiled autograd): register it with "
-                "commcomp.hooks.register_comm_hook(ddp_model, state, hook), or call state.bind(ddp_model) "
-                "before the first backward, so the hook knows which gradients make up a backward pass"
-            )
-        return self._parameter_gradients
-
-    def lanes(self) -> Lanes:
-        if self._lanes is None:
-            self._lanes = Lanes()
-        return self._lanes
-
-    def _end_iteration(self) -> torch.futures.Future | None:
-        """Bookkeeping after the last bucket's body; may return a future the iteration waits for."""
-        return None
-
-
 def done_future(value: Any, device: torch.device | None = None) -> torch.futures.Future:
-    fut = _new_future(device)
+    fut = new_future(device)
     fut.set_result(value)
     return fut
 
 
-def _new_future(device: torch.device | None) -> torch.futures.Future:
-    # CUDA values need their devices declared so the future records the streams that made them.
-    if device is not None and device.type == "cuda":
-        return torch.futures.Future(devices=[device])
-    return torch.futures.Future()
+def _after(fut: torch.futures.Future, then: Callable[[torch.futures.Future], None], device: torch.device) -> None:
+    """Run ``then(fut)`` on the communication thread once ``fut`` is done (never inline here)."""
+    thread = comm_thread()
+    fut.add_done_callback(lambda f: thread.post(lambda: then(f), device))
 
 
-def _settle(out: torch.futures.Future, fn: Callable[[], Any]) -> None:
+def _settle(out: torch.futures.Future, fn: Callable[[], Any], device: torch.device) -> None:
+    """Complete ``out`` with ``fn()``, or with the future ``fn()`` returns once that is done."""
     try:
         result = fn()
     except BaseException as err:  # noqa: BLE001 (handed to whoever waits on `out`)
         out.set_exception(err)
         return
     if isinstance(result, torch.futures.Future):
-        result.add_done_callback(lambda f: _settle(out, f.value))
+        _after(result, lambda f: _settle(out, f.wait, device), device)
     else:
         out.set_result(result)
 
 
-def chain(fut: torch.futures.Future, fn: Callable[[Any], Any], device: torch.device | None = None) -> torch.futures.Future:
-    """``fut.then(fn)`` where ``fn(value)`` may return a value or another future (flattened).
-
-    Errors of ``fut`` or ``fn`` reach the returned future; nothing waits.
-    """
-    out = _new_future(device)
-    fut.add_done_callback(lambda f: _settle(out, lambda: fn(f.value())))
+def chain(fut: torch.futures.Future, fn: Callable[[Any], Any], device: torch.device) -> torch.futures.Future:
+    """``fut.then(fn)`` run on the communication thread, where ``fn(value)`` may return a value
+    or another future (flattened). ``value`` comes from ``fut.wait()``. Errors of ``fut`` or
+    ``fn`` reach the returned future; the caller never waits."""
+    out = new_future(device)
+    _after(fut, lambda f: _settle(out, lambda: fn(f.wait()), device), device)
     return out
 
 
+def join(futures: Sequence[torch.futures.Future], device: torch.device) -> torch.futures.Future:
+    """A future of the list of every future's value, each taken by ``wait()`` (in order): what
+    ``collect_all`` is for, without reading a sub-future's value unsynchronized."""
+    if not futures:
+        return done_future([], device)
+    first, rest = futures[0], futures[1:]
+    return chain(first, lambda value: chain(join(rest, device), lambda values: [value, *values], device), device)
+
+
 class BucketWire:
-    """The collectives of one bucket: stage 0 from the body on its group, stage ``k >= 1`` on
-    lane ``k`` of its group, from callbacks.
+    """The collectives of one bucket, in stages.
 
     Construct it in the hook body with the most stages the bucket can use (a function of the
-    configuration only, so every rank reserves the same tickets) and each stage's group (``groups``
-    is one group for every stage, or one per stage: a hierarchical hook mixes node-local and
-    cross-node stages); every reserved stage is then either started or skipped exactly once —
-    :meth:`chain` skips what an error left unstarted.
+    configuration only, so every rank reserves the same places) and each stage's group
+    (``groups`` is one group for every stage, or one per stage: a hierarchical hook mixes
+    node-local and cross-node stages; commcomp's copies, :mod:`._groups`); every reserved stage
+    is then either started or skipped exactly once — :meth:`chain` skips what an error left
+    unstarted.
     """
 
-    def __init__(self, state: HookState, groups: GroupInfo | Sequence[GroupInfo], stages: int, device: torch.device) -> None:
+    def __init__(self, groups: GroupInfo | Sequence[GroupInfo], stages: int, device: torch.device) -> None:
         self.groups = [groups] * stages if isinstance(groups, GroupInfo) else list(groups)
         if len(self.groups) != stages:
             raise ValueError(f"{stages} stages need {stages} groups, got {len(self.groups)}")
         self.group = self.groups[0]
         self.device = device
-        self._lanes = state.lanes() if stages > 1 else None
-        self._tickets = {k: self._lanes.reserve(self.groups[k].group, k) for k in range(1, stages)} if self._lanes else {}
-        self._open = set(self._tickets)
+        self._thread = comm_thread()
+        self._tickets = [self._thread.reserve() for _ in range(stages)]
+        self._open = set(range(stages))
 
-    def start(self, stage: int, launch: Callable[[dist.ProcessGroup], torch.futures.Future]) -> torch.futures.Future:
-        """Launch ``launch(group)`` as ``stage``; returns a future of the collective's result."""
-        if stage == 0:
-            return launch(self.group.group)
+    def start(self, stage: int, launch: Callable[[dist.ProcessGroup], dist.Work]) -> torch.futures.Future:
+        """Launch ``launch(group)`` (an ``async_op=True`` collective returning its ``Work``) as
+        ``stage``; returns a future completed once the collective is done (value ``None``)."""
         self._open.remove(stage)
-        out = _new_future(self.device)
+        group = self.groups[stage].group
+        return self._thread.submit(self._tickets[stage], lambda: launch(group), self.device)
 
-        def start_on(group: dist.ProcessGroup) -> None:
-            try:
-                inner = launch(group)
-            except BaseException as err:  # noqa: BLE001
-                out.set_exception(err)
-                return
-            inner.add_done_callback(lambda f: _settle(out, f.value))
-
-        target, ticket = self._tickets[stage]
-        self._lanes.submit(target, ticket, start_on)
-        return out
+    def defer(self, fn: Callable[[], Any]) -> torch.futures.Future:
+        """Run ``fn()`` on the communication thread (it may return a future, flattened): work of a
+        hook body that reads on the host (an Elias code's size, a row's check), kept off backward's
+        thread. A failure skips the still-open stages, as in :meth:`chain`."""
+        return self.chain(done_future(None, self.device), lambda _: fn())
 
     def skip(self, stage: int) -> None:
         if stage in self._open:
             self._open.remove(stage)
-            target, ticket = self._tickets[stage]
-            self._lanes.submit(target, ticket, None)
+            self._thread.submit(self._tickets[stage], None, self.device)
 
     def skip_rest(self) -> None:
         for stage in sorted(self._open):
@@ -296,25 +160,15 @@ class BucketWire:
     def chain(self, fut: torch.futures.Future, fn: Callable[[Any], Any]) -> torch.futures.Future:
         """:func:`chain`, skipping every still-open stage if ``fut`` or ``fn`` fails."""
 
-        def guarded(value: Any) -> Any:
+        def on_done(f: torch.futures.Future) -> Any:
             try:
-                return fn(value)
+                return fn(f.wait())
             except BaseException:
                 self.skip_rest()
                 raise
 
-        out = _new_future(self.device)
-
-        def on_done(f: torch.futures.Future) -> None:
-            try:
-                value = f.value()
-            except BaseException:
-                self.skip_rest()
-                _settle(out, f.value)
-                return
-            _settle(out, lambda: guarded(value))
-
-        fut.add_done_callback(on_done)
+        out = new_future(self.device)
+        _after(fut, lambda f: _settle(out, lambda: on_done(f), self.device), self.device)
         return out
 
     # -- collectives -------------------------------------------------------------------------
@@ -323,8 +177,8 @@ class BucketWire:
         world = self.groups[stage].world
         out = torch.empty(world * frame.numel(), dtype=frame.dtype, device=frame.device)
 
-        def launch(group: dist.ProcessGroup) -> torch.futures.Future:
-            return dist.all_gather_single(out, frame, group=group, async_op=True).get_future()
+        def launch(group: dist.ProcessGroup) -> dist.Work:
+            return dist.all_gather_single(out, frame, group=group, async_op=True)
 
         return self.chain(self.start(stage, launch), lambda _: list(out.view(world, -1)))
 
@@ -339,8 +193,8 @@ class BucketWire:
         size = torch.tensor([_announced_size(frame)], dtype=torch.int64, device=frame.device)
         sizes = torch.empty(world, dtype=torch.int64, device=frame.device)
 
-        def launch_sizes(group: dist.ProcessGroup) -> torch.futures.Future:
-            return dist.all_gather_single(sizes, size, group=group, async_op=True).get_future()
+        def launch_sizes(group: dist.ProcessGroup) -> dist.Work:
+            return dist.all_gather_single(sizes, size, group=group, async_op=True)
 
         def gather_frames(_: Any) -> Any:
             announced = sizes.tolist()
@@ -356,8 +210,8 @@ class BucketWire:
             padded[: min(width, frame.numel())] = frame[:width]
             out = torch.empty(world * width, dtype=torch.uint8, device=frame.device)
 
-            def launch_frames(group: dist.ProcessGroup) -> torch.futures.Future:
-                return dist.all_gather_single(out, padded, group=group, async_op=True).get_future()
+            def launch_frames(group: dist.ProcessGroup) -> dist.Work:
+                return dist.all_gather_single(out, padded, group=group, async_op=True)
 
             rows = out.view(world, width)
             return self.chain(
@@ -374,10 +228,10 @@ class BucketWire:
         world = self.groups[stage].world
         recv = torch.empty(world * recv_size, dtype=torch.uint8, device=send.device)
 
-        def launch(group: dist.ProcessGroup) -> torch.futures.Future:
+        def launch(group: dist.ProcessGroup) -> dist.Work:
             return dist.all_to_all_single(
                 recv, send, output_split_sizes=[recv_size] * world, input_split_sizes=send_sizes, group=group, async_op=True
-            ).get_future()
+            )
 
         return self.chain(self.start(stage, launch), lambda _: list(recv.view(world, recv_size)))
 
@@ -397,8 +251,8 @@ class BucketWire:
         mine = torch.tensor([_announced_size(f) for f in frames], dtype=torch.int64, device=device)
         matrix = torch.empty(world * world, dtype=torch.int64, device=device)
 
-        def launch_sizes(group: dist.ProcessGroup) -> torch.futures.Future:
-            return dist.all_gather_single(matrix, mine, group=group, async_op=True).get_future()
+        def launch_sizes(group: dist.ProcessGroup) -> dist.Work:
+            return dist.all_gather_single(matrix, mine, group=group, async_op=True)
 
         def exchange(_: Any) -> Any:
             sizes = matrix.view(world, world).tolist()  # sizes[sender][receiver]
@@ -412,10 +266,10 @@ class BucketWire:
             send = torch.cat([f if ok[me][r] else f[:0] for r, f in enumerate(frames)])
             recv = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=device)
 
-            def launch_frames(group: dist.ProcessGroup) -> torch.futures.Future:
+            def launch_frames(group: dist.ProcessGroup) -> dist.Work:
                 return dist.all_to_all_single(
                     recv, send, output_split_sizes=recv_sizes, input_split_sizes=send_sizes, group=group, async_op=True
-                ).get_future()
+                )
 
             def split(_: Any) -> list[torch.Tensor | None]:
                 parts = list(torch.split(recv, recv_sizes))
@@ -430,10 +284,18 @@ class BucketWire:
         ``stage``; the future's value is ``buffer``."""
         buffer.div_(self.groups[stage].world)
 
-        def launch(group: dist.ProcessGroup) -> torch.futures.Future:
-            return dist.all_reduce(buffer, group=group, async_op=True).get_future()
+        def launch(group: dist.ProcessGroup) -> dist.Work:
+            return dist.all_reduce(buffer, group=group, async_op=True)
 
         return self.chain(self.start(stage, launch), lambda _: buffer)
+
+    def all_reduce_sum(self, stage: int, tensor: torch.Tensor) -> torch.futures.Future:
+        """``tensor`` summed over the stage's group in place; the future's value is ``tensor``."""
+
+        def launch(group: dist.ProcessGroup) -> dist.Work:
+            return dist.all_reduce(tensor, group=group, async_op=True)
+
+        return self.chain(self.start(stage, launch), lambda _: tensor)
 
 
 def _announced_size(frame: torch.Tensor) -> int:
@@ -441,7 +303,7 @@ def _announced_size(frame: torch.Tensor) -> int:
     return frame.numel()
 
 
-def new_frame(size: int, device: torch.device | None) -> torch.Tensor:
+def new_frame(size: int, device: torch.device) -> torch.Tensor:
     """A zeroed frame of ``size`` bytes (kind byte first): fill ``frame[1:]``, then :func:`mark_kind`."""
     return torch.zeros(size, dtype=torch.uint8, device=device)
 
@@ -457,15 +319,18 @@ def mark_kind(frame: torch.Tensor, finite: torch.Tensor | bool) -> torch.Tensor:
     return frame
 
 
-def make_frame(body: torch.Tensor | None, size: int | None = None, finite: torch.Tensor | bool = True) -> torch.Tensor:
-    """A kind byte followed by ``body`` (a uint8 payload), or the non-finite marker.
+def make_frame(
+    body: torch.Tensor | None, device: torch.device, size: int | None = None, finite: torch.Tensor | bool = True
+) -> torch.Tensor:
+    """A kind byte followed by ``body`` (a uint8 payload), or the non-finite marker, on ``device``
+    (the bucket's: a collective's tensors live on the process group's device).
 
     The marker is sent for ``body=None`` or when ``finite`` is false (see :func:`mark_kind`).
     ``size`` pads the frame to a length every rank computes the same (fixed-width payloads), so
     a marker travels in the same collective as everyone else's payload.
     """
     length = size if size is not None else 1 + (body.numel() if body is not None else 0)
-    frame = new_frame(length, body.device if body is not None else None)
+    frame = new_frame(length, device)
     if body is None:
         return mark_kind(frame, False)
     if 1 + body.numel() > length:
@@ -483,12 +348,12 @@ def frame_kind(frame: torch.Tensor) -> int:
     return kind
 
 
-def blame_frame(size: int, blamed: int, device: torch.device | None) -> torch.Tensor:
+def blame_frame(size: int, blamed: int, device: torch.device) -> torch.Tensor:
     """A frame (of ``size`` >= 5 bytes) telling every rank that rank ``blamed`` sent this rank an
     invalid payload."""
     frame = new_frame(size, device)
     frame[0] = FRAME_BLAME
-    frame[1:5] = torch.tensor([blamed], dtype=torch.int32).view(torch.uint8).to(frame.device)
+    frame[1:5] = torch.tensor([blamed], dtype=torch.int32, device=device).view(torch.uint8)
     return frame
 
 
@@ -532,30 +397,28 @@ def decode_frames(
     return rows, nonfinite
 
 
-def fp32_allreduce(state: HookState, bucket: dist.GradBucket, record: Callable[[int, int], None] | None = None) -> torch.futures.Future:
+def fp32_allreduce(state: Any, bucket: dist.GradBucket, record: Callable[[int, int], None] | None = None) -> torch.futures.Future:
     """PyTorch's default fp32 allreduce (average) of ``bucket``, from a hook body: warm-up, small
     buckets, and hooks that compress nothing."""
-    group = resolve_group(state.process_group)
     buffer = bucket.buffer()
     if record is not None:
         nbytes = buffer.numel() * buffer.element_size()
         record(nbytes, nbytes)
-    return finish(state, bucket, BucketWire(state, group, 1, buffer.device).fp32_average(0, buffer))
+    wire = BucketWire(state.send_groups()[-1], 1, buffer.device)
+    return finish(state, bucket, wire.fp32_average(0, buffer))
 
 
-def finish(state: HookState, bucket: dist.GradBucket, fut: torch.futures.Future) -> torch.futures.Future:
+def finish(state: Any, bucket: dist.GradBucket, fut: torch.futures.Future) -> torch.futures.Future:
     """Every hook returns through here. On the last bucket the iteration ends *now*, in the body:
     bodies run in bucket order on every rank, so whatever the end of an iteration launches (an
-    ALQ refit's all-reduce) is issued in the same place on every rank. The returned future waits
-    for that too, so the next iteration starts with its results in place."""
+    ALQ refit's all-reduce) takes its place in the launch order at the same point on every rank.
+    The returned future waits for that too, so the next iteration starts with its results in
+    place."""
     if not bucket.is_last():
         return fut
-    extra = state._end_iteration()
+    device = bucket.buffer().device
+    extra = state._end_iteration(device)
     state.iteration += 1
     if extra is None:
         return fut
-    def bucket_result(both: list[torch.futures.Future]) -> Any:
-        both[1].value()  # raises if the end-of-iteration work failed
-        return both[0].value()
-
-    return chain(torch.futures.collect_all([fut, extra]), bucket_result, bucket.buffer().device)
+    return chain(fut, lambda value: chain(extra, lambda _: value, device), device)

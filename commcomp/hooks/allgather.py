@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ..quantizers import Levels
 from ._params import ParamSlice, pieces_in
 from ._payload import accumulate_pieces, all_finite, decode_pieces, fixed_size, quantize_pieces, write_pieces
-from ._wire import BucketWire, decode_frames, finish, fp32_allreduce, make_frame, mark_kind, new_frame, resolve_group
+from ._wire import BucketWire, decode_frames, finish, fp32_allreduce, make_frame, mark_kind, new_frame
 from ._bucket import ddp_comm_hook
 from .state import CompressionState, check_compression_state
 
@@ -51,12 +51,12 @@ def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     slices = state.parameter_slices(bucket)
     if not state.compressing(numel):
         return fp32_allreduce(state, bucket, state.record)
-    group = resolve_group(state.process_group)
+    group = state.send_groups()[-1]
     quantizer = state.quantizer
     levels = quantizer.levels  # this iteration's: a refit may land before the callbacks run
     fixed = state.coding == "fixed"
     # stages: [sizes,] frames, fp32 fallback for a non-finite bucket
-    wire = BucketWire(state, group, 2 if fixed else 3, buffer.device)
+    wire = BucketWire(group, 2 if fixed else 3, buffer.device)
     fallback_stage = 1 if fixed else 2
     x = state.with_residual(bucket, slices)
     pieces = pieces_in(slices, 0, numel)
@@ -71,11 +71,17 @@ def allgather_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
         write_pieces(payload, frame[1:])  # straight into the send buffer
         mark_kind(frame, finite)
         gathered = wire.gather_fixed(0, frame)
-    else:
-        body = state.elias.encode(payload, pieces, state.coding, state.iteration).to(buffer.device)
-        frame = make_frame(body, finite=finite)
-        gathered = wire.gather_variable(0, frame, state.payload_cap(numel), "raise", _HOOK)
-    state.record(frame.numel(), numel * buffer.element_size())
+        state.record(frame.numel(), numel * buffer.element_size())
+    else:  # the code's size is read on the host: on the communication thread
+        iteration = state.iteration
+
+        def encode_and_gather() -> torch.futures.Future:
+            body = state.elias.encode(payload, pieces, state.coding, iteration).to(buffer.device)
+            frame = make_frame(body, buffer.device, finite=finite)
+            state.record(frame.numel(), numel * buffer.element_size(), iteration)
+            return wire.gather_variable(0, frame, state.payload_cap(numel), "raise", _HOOK)
+
+        gathered = wire.defer(encode_and_gather)
     own_wanted, measure = state.wants_decoded_own(), state.measuring_variance()
 
     def average(frames: list[torch.Tensor]) -> torch.Tensor | torch.futures.Future:

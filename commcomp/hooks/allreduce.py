@@ -24,7 +24,7 @@ from .. import ops
 from ..quantizers import Levels
 from ._bucket import ddp_comm_hook
 from ._params import pieces_in, stream_offset
-from ._wire import BucketWire, finish, fp32_allreduce, resolve_group
+from ._wire import BucketWire, finish, fp32_allreduce
 from .state import CompressionState, check_compression_state
 
 __all__ = ["allreduce_hook", "level_grid", "wire_dtype", "check_allreduce_state"]
@@ -106,12 +106,12 @@ def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     slices = state.parameter_slices(bucket)
     if not state.compressing(numel):
         return fp32_allreduce(state, bucket, state.record)
-    group = resolve_group(state.process_group)
+    group = state.send_groups()[-1]
     quantizer = state.quantizer
     levels = quantizer.levels
     unit, integers = level_grid(levels)
     dtype = wire_dtype(int(integers[-1]), group.world)  # int32 only with state.allow_wide_sums
-    wire = BucketWire(state, group, 2, buffer.device)  # stages: norms, integers (or fp32)
+    wire = BucketWire(group, 2, buffer.device)  # stages: norms, integers (or fp32)
     x = state.with_residual(bucket, slices).contiguous()
     pieces = pieces_in(slices, 0, numel)
     # Quantization buckets start at each parameter (see _params): the norms of every piece.
@@ -125,9 +125,7 @@ def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
     for piece, n in zip(pieces, piece_norms):
         state.observe(x[piece.start : piece.start + piece.numel], n)
     state.record(packet.numel() * 4 + numel * dtype.itemsize, numel * buffer.element_size())
-    shared_norms = wire.start(
-        0, lambda g: dist.all_reduce(packet, op=dist.ReduceOp.MAX, group=g, async_op=True).get_future()
-    )
+    shared_norms = wire.start(0, lambda g: dist.all_reduce(packet, op=dist.ReduceOp.MAX, group=g, async_op=True))
     # symbol -> signed integer on the level grid, for every symbol value of this width
     symbol = torch.arange(2 ** quantizer.bits, dtype=torch.int64)
     index = (symbol >> 1).clamp(max=len(levels) - 1)
@@ -153,7 +151,7 @@ def allreduce_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.fu
             scale[window] = torch.repeat_interleave(shared, quantizer.bucket_size)[: piece.numel] * unit
         if own_wanted:
             state.after_compression(slices, x, summed.float() * scale, measure=measure)
-        reduced = wire.start(1, lambda g: dist.all_reduce(summed, group=g, async_op=True).get_future())
+        reduced = wire.start(1, lambda g: dist.all_reduce(summed, group=g, async_op=True))
         return wire.chain(reduced, lambda _: buffer.copy_(summed.float() * scale / group.world))
 
     return finish(state, bucket, wire.chain(shared_norms, reduce_integers))

@@ -36,8 +36,10 @@ A payload that fails validation on its receiver is reported in phase 2 (a blame 
 rank raises the same :class:`~commcomp.hooks.PeerPayloadError` naming the sender.
 
 Hierarchical mode (``CompressionState(..., hierarchical=True)``): an fp32 reduce-scatter inside each
-node (fast links; an all-to-all and a local sum in rank order), the compressed two phases across nodes only (each local rank handles its node's
-slice with its peers of the same local rank), then an fp32 all-gather inside the node.
+node (fast links: ``reduce_scatter_single``, which NCCL runs as one ring pass and Gloo supports
+through the communication thread's ``wait()``), the compressed two phases across nodes only (each
+local rank handles its node's slice with its peers of the same local rank), then an fp32
+all-gather inside the node.
 """
 # no `from __future__ import annotations`: DDP checks that the hook's `bucket` annotation *is*
 # dist.GradBucket, which string annotations fail
@@ -59,7 +61,6 @@ from ._wire import (
     make_frame,
     mark_kind,
     new_frame,
-    resolve_group,
 )
 from ._bucket import ddp_comm_hook
 from .state import CompressionState, check_compression_state
@@ -115,14 +116,14 @@ def reduce_scatter_hook(state: CompressionState, bucket: dist.GradBucket) -> tor
         intra, inter, everyone = state.node_groups()
         # stages: node reduce-scatter, compressed phases across nodes, node all-gather, fallback
         groups = [intra] + [inter] * compressed_stages + [intra, everyone]
-        wire = BucketWire(state, groups, len(groups), buffer.device)
+        wire = BucketWire(groups, len(groups), buffer.device)
         # ALQ/AMQ statistics from this rank's own gradient: the node's slices are only known later
         for piece in pieces_in(slices, 0, numel):
             state.observe(x[piece.start : piece.start + piece.numel])
         reduced = _hierarchical(state, wire, intra, inter, x, slices, levels)
     else:
-        group = resolve_group(state.process_group)
-        wire = BucketWire(state, group, compressed_stages + 1, buffer.device)
+        group = state.send_groups()[-1]
+        wire = BucketWire(group, compressed_stages + 1, buffer.device)
         # fp32 buckets are decoded in place: no fresh 4-bytes-per-element buffer to fault in
         into = buffer if buffer.dtype == torch.float32 and buffer.is_contiguous() else None
         reduced = _compressed_average(state, wire, 0, group, x, 0, numel, slices, levels, _Step.of(state), True, into)
@@ -178,15 +179,20 @@ def _compressed_average(
             at += size
         received = wire.exchange_fixed(stage, send, sizes, sizes[me])
         gather_size = max(_MIN_FRAME, max(sizes))  # phase-2 frames, padded to the largest chunk's
-        payload_bytes = sum(sizes)  # the compressed bucket: 2(W-1)/W of it crosses the wire per rank
-    else:
-        frames = [
-            make_frame(state.elias.encode(p, pieces, state.coding, step.iteration).to(device), finite=all_finite(p, device))
-            for p, pieces in zip(payloads, chunk_pieces)
-        ]
-        received = wire.exchange_variable(stage, frames, state.payload_cap(hi - lo), "raise", _HOOK)
-        payload_bytes = sum(f.numel() for f in frames)
-    state.record(payload_bytes, (hi - lo) * x.element_size(), step.iteration)
+        # the compressed bucket: 2(W-1)/W of it crosses the wire per rank
+        state.record(sum(sizes), (hi - lo) * x.element_size(), step.iteration)
+    else:  # the codes' sizes are read on the host: on the communication thread
+
+        def encode_and_exchange() -> torch.futures.Future:
+            frames = [
+                make_frame(state.elias.encode(p, pieces, state.coding, step.iteration).to(device), device,
+                           finite=all_finite(p, device))
+                for p, pieces in zip(payloads, chunk_pieces)
+            ]
+            state.record(sum(f.numel() for f in frames), (hi - lo) * x.element_size(), step.iteration)
+            return wire.exchange_variable(stage, frames, state.payload_cap(hi - lo), "raise", _HOOK)
+
+        received = wire.defer(encode_and_exchange)
     phase2 = stage + (1 if fixed else 2)
 
     pending: list = []  # this rank's phase-2 residual, kept once the whole bucket went through
@@ -214,7 +220,7 @@ def _compressed_average(
                 accumulate_pieces(own, lo, pieces, [payload], levels, bucket_size, 1.0)
             state.after_compression(slices, x[lo:hi], own, lo, step.measure)
         for residual in pending:
-            state.residuals.hand_over_reduced(slices, mine_lo, mine_hi, float(world))
+            state.residuals.hand_over_reduced(slices, mine_lo, mine_hi, float(world), device)
             state.residuals.store(residual, slices, "reduced", mine_lo)
         out = into[lo:hi].zero_() if into is not None else torch.zeros(hi - lo, dtype=torch.float32, device=device)
         for pieces, payload in zip(chunk_pieces, reduced):
@@ -250,7 +256,7 @@ def _reduce_and_requantize(
     except PeerPayloadError as err:
         return blame_frame(_MIN_FRAME, err.rank, device)
     if nonfinite:
-        return make_frame(None).to(device)
+        return make_frame(None, device)
     average = torch.zeros(hi - lo, dtype=torch.float32, device=device)
     accumulate_pieces(average, lo, pieces, contributions, levels, quantizer.bucket_size, 1.0 / len(frames))
     if state.error_feedback:
@@ -266,7 +272,7 @@ def _reduce_and_requantize(
         write_pieces(requantized, frame[1:])
         return mark_kind(frame, all_finite(requantized, device))
     body = state.elias.encode(requantized, pieces, state.coding, step.iteration).to(device)
-    return make_frame(body, finite=all_finite(requantized, device))
+    return make_frame(body, device, finite=all_finite(requantized, device))
 
 
 def _hierarchical(
@@ -287,20 +293,17 @@ def _hierarchical(
     send = torch.zeros(local * width, dtype=torch.float32, device=device)
     for k, (a, b) in enumerate(slices_of_node):
         send[k * width : k * width + (b - a)] = x[a:b]
-    # A reduce-scatter as an all-to-all plus a local sum (Gloo's reduce_scatter has no future).
-    contributions = torch.empty(local * width, dtype=torch.float32, device=device)
-    summed = wire.start(
-        0, lambda g: dist.all_to_all_single(contributions, send, group=g, async_op=True).get_future()
-    )
+    # Each local rank's slice summed over the node by one reduce-scatter (padded to equal widths).
+    node_sum = torch.empty(width, dtype=torch.float32, device=device)
+    summed = wire.start(0, lambda g: dist.reduce_scatter_single(node_sum, send, group=g, async_op=True))
     mine_lo, mine_hi = slices_of_node[intra.rank]
     compressed_stages = 2 if state.coding == "fixed" else 4
     gather_stage = 1 + compressed_stages
     step = _Step.of(state)
 
     def across_nodes(_: object) -> torch.futures.Future:
-        node_sum = contributions.view(local, width)[:, : mine_hi - mine_lo].sum(dim=0)
         node_mean = torch.zeros(numel, dtype=torch.float32, device=device)  # bucket coordinates
-        node_mean[mine_lo:mine_hi] = node_sum / local
+        node_mean[mine_lo:mine_hi] = node_sum[: mine_hi - mine_lo] / local
         if state.error_feedback:  # this rank sends its node's slice: its residuals live there
             state.residuals.keep_only(slices, "local", mine_lo, mine_hi)
             state.residuals.add_to(node_mean[mine_lo:mine_hi], slices, "local", mine_lo)
@@ -313,7 +316,7 @@ def _hierarchical(
         else:
             frame[1 : 1 + mine_hi - mine_lo] = average
         out = torch.empty(local * (1 + width), dtype=torch.float32, device=device)
-        shared = wire.start(gather_stage, lambda g: dist.all_gather_single(out, frame, group=g, async_op=True).get_future())
+        shared = wire.start(gather_stage, lambda g: dist.all_gather_single(out, frame, group=g, async_op=True))
 
         def assemble(_: object) -> torch.Tensor | None:
             rows = out.view(local, 1 + width)

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ._bucket import is_ddp
-from ._wire import HookState
+from ._hook_state import HookState
 from .spec import hook_from_spec
 
 __all__ = ["register_comm_hook", "hook_for", "find_ddp"]

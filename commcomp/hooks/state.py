@@ -11,10 +11,12 @@ import torch.distributed as dist
 from ..codecs import CODINGS, canonical_coding
 from ..quantizers import Quantizer
 from ._bucket import ddp_named_parameters
+from ._groups import GroupInfo, node_groups, private_copy, resolve_group
+from ._hook_state import HookState
 from ._params import ParameterKeys, ParamSlice
 from ._payload import EliasChoice
 from ._residuals import ParameterResiduals
-from ._wire import HookState
+from ._wire import BucketWire
 
 __all__ = ["CompressionState", "CODINGS", "check_compression_state"]
 
@@ -142,7 +144,6 @@ class CompressionState(HookState):
             raise ValueError("local_world_size and intra/inter_node_group need hierarchical=True")
         if hierarchical and process_group is not None and intra_node_group is None:
             raise ValueError("hierarchical=True over a process_group needs explicit intra_node_group and inter_node_group")
-        super().__init__(process_group)
         self.elias = EliasChoice(elias_min_saving)
         self.hierarchical = bool(hierarchical)
         self.local_world_size = local_world_size
@@ -163,6 +164,17 @@ class CompressionState(HookState):
         self.total_bytes_sent = 0
         self.total_bytes_uncompressed = 0
         self._bytes_by_iteration: dict[int, list[int]] = {}  # iteration -> [sent, uncompressed]
+        super().__init__(process_group)  # last: creating the groups needs the options above
+
+    def _make_send_groups(self) -> tuple[GroupInfo, ...]:
+        """The hook's group; in hierarchical mode ``(intra, inter, everyone)``, node groups first."""
+        everyone = private_copy(self.process_group)
+        if not self.hierarchical:
+            return (everyone,)
+        if self.intra_node_group is None:  # created here, for commcomp alone
+            intra, inter = node_groups(self.local_world_size)
+            return resolve_group(intra), resolve_group(inter), everyone
+        return private_copy(self.intra_node_group), private_copy(self.inter_node_group), everyone
 
     # -- helpers used by the hooks -------------------------------------------------------------
     def rank_seed(self, rank: int) -> int:
@@ -256,23 +268,16 @@ class CompressionState(HookState):
         if should_observe is not None and should_observe(self.iteration):
             self.quantizer.observe(x, norms)
 
-    def node_groups(self):
-        """``(intra, inter, world)`` :class:`~commcomp.hooks._wire.GroupInfo` of hierarchical mode.
-
-        Built on first use from ``local_world_size`` (a collective every rank reaches in the same
-        hook body: it creates the groups once).
-        """
-        from ._wire import resolve_group
-
-        if self.intra_node_group is None:
-            self.intra_node_group, self.inter_node_group = _node_groups(self.local_world_size)
-        return resolve_group(self.intra_node_group), resolve_group(self.inter_node_group), resolve_group(self.process_group)
+    def node_groups(self) -> tuple[GroupInfo, GroupInfo, GroupInfo]:
+        """``(intra, inter, world)`` groups of hierarchical mode (commcomp's own, made with the state)."""
+        intra, inter, everyone = self.send_groups()
+        return intra, inter, everyone
 
     def payload_cap(self, numel: int) -> int:
         """Largest payload accepted from a peer for a bucket of ``numel`` elements."""
         return self.max_payload_bytes if self.max_payload_bytes is not None else 4 * numel + 4096
 
-    def _end_iteration(self) -> torch.futures.Future | None:
+    def _end_iteration(self, device: torch.device) -> torch.futures.Future | None:
         """Called by the wire layer in the body of an iteration's last bucket."""
         for old in [k for k in self._bytes_by_iteration if k < self.iteration - 1]:
             del self._bytes_by_iteration[old]  # kept: the previous iteration (complete) and this one
@@ -284,10 +289,15 @@ class CompressionState(HookState):
                 self.iteration - 1, sent, uncompressed, uncompressed / sent if sent else 1.0, self.variance_estimate,
             )
         should_observe = getattr(self.quantizer, "should_observe", None)
-        if should_observe is not None and should_observe(self.iteration):
-            # A collective on refit iterations: every rank gets here, warm-up included.
-            return self.quantizer.start_update(self.process_group)
-        return None
+        if should_observe is None or not should_observe(self.iteration):
+            return None
+        # A refit iteration: every rank gets here, warm-up included. The statistics are summed on
+        # the bucket's device (the process group's), in the launch order, and the levels refitted
+        # on the communication thread; the next iteration starts with them.
+        everyone = self.send_groups()[-1]
+        wire = BucketWire(everyone, 1, device)
+        summed = wire.all_reduce_sum(0, self.quantizer.take_statistics(device))
+        return wire.chain(summed, self.quantizer.refit)
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -332,18 +342,3 @@ def check_compression_state(state: Any, hook: str) -> None:
         raise ValueError(
             f"hierarchical=True is an option of reduce_scatter_hook ('rs-' specs); {hook} would ignore it"
         )
-
-
-def _node_groups(local_world_size: int | None) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
-    import os
-
-    world = dist.get_world_size()
-    local = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
-    if local < 1 or world % local:
-        raise ValueError(
-            f"hierarchical=True needs local_world_size (or LOCAL_WORLD_SIZE) dividing the world size {world}, got {local or None}"
-        )
-    nodes = world // local
-    intra, _ = dist.new_subgroups_by_enumeration([list(range(n * local, (n + 1) * local)) for n in range(nodes)])
-    inter, _ = dist.new_subgroups_by_enumeration([list(range(k, world, local)) for k in range(local)])
-    return intra, inter

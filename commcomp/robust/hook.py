@@ -55,7 +55,8 @@ import torch
 import torch.distributed as dist
 
 from ..hooks._bucket import ddp_comm_hook
-from ..hooks._wire import BucketWire, HookState, decode_frames, finish, make_frame, resolve_group
+from ..hooks._hook_state import HookState
+from ..hooks._wire import BucketWire, decode_frames, finish, join, make_frame
 from . import draws
 from .aggregators import Aggregator, aggregate_untrusted
 from .attacks import Attack
@@ -166,7 +167,6 @@ class RobustAggregationState(HookState):
             raise ValueError(f"invalid_policy must be 'drop' or 'zero', got {invalid_policy!r}")
         if max_payload_bytes is not None and max_payload_bytes < 1:
             raise ValueError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
-        super().__init__(process_group)
         self.aggregator, self.tolerance = aggregator, tolerance
         self.byzantine_ranks, self.attack, self.codec = byz, attack, codec
         self.invalid_policy, self.seed = invalid_policy, int(seed)
@@ -175,6 +175,7 @@ class RobustAggregationState(HookState):
         self.bad_reveals: list[int] = []
         self.skipped_buckets = 0
         self._round: _Round | None = None
+        super().__init__(process_group)  # last: creates the group the hook sends on
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -247,7 +248,7 @@ def _send_rows(
             lambda frames: ([f[:width].view(torch.float32) for f in frames], [_as_bytes(f[width:]) for f in frames]),
         )
     codec = state.codec
-    frame = make_frame(None)  # the non-finite marker, unless the row encodes
+    frame = make_frame(None, row.device)  # the non-finite marker, unless the row encodes
     if bool(torch.isfinite(row).all()):
         try:
             payload = codec.encode(row)
@@ -256,7 +257,7 @@ def _send_rows(
         if payload is not None:
             if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or payload.dim() != 1:
                 raise ValueError("codec.encode must return a 1-D uint8 tensor")
-            frame = make_frame(payload)
+            frame = make_frame(payload.to(row.device), row.device)
     if trailer is not None:
         frame = torch.cat([frame, _byte_tensor(trailer, frame.device)])
     cap = (state.max_payload_bytes or 8 * numel + 4096) + size
@@ -300,16 +301,11 @@ def _start_reveal(
     mine = _byte_tensor(_revealed_nonce(rnd.nonce) + aggregator.fingerprint(), device)
     reveals = torch.empty(world * draws.REVEAL_BYTES, dtype=torch.uint8, device=device)
 
-    def launch(group: dist.ProcessGroup) -> torch.futures.Future:
-        return dist.all_gather_single(reveals, mine, group=group, async_op=True).get_future()
+    def launch(group: dist.ProcessGroup) -> dist.Work:
+        return dist.all_gather_single(reveals, mine, group=group, async_op=True)
 
-    def after_rows(gathered: list[torch.futures.Future]) -> torch.futures.Future:
-        for f in gathered:
-            f.value()  # re-raises a failed gather: nothing is revealed then
-        return wire.start(stage, launch)
-
-    def settle(_: Any) -> tuple[draws.StepDraw, int]:
-        commitments = rnd.rows[0].value()[1]
+    def settle(gathered: list[Any]) -> tuple[draws.StepDraw, int]:
+        commitments = gathered[0][1]
         revealed = [_as_bytes(r) for r in reveals.view(world, -1)]
         outcome = draws.settle(step, commitments, revealed, state.tolerance, rank)
         for r, bad in enumerate(outcome.invalid):
@@ -320,12 +316,14 @@ def _start_reveal(
 
     def hand_over(f: torch.futures.Future) -> None:
         try:
-            rnd.draw.set_result(f.value())
+            rnd.draw.set_result(f.wait())
         except BaseException as err:  # noqa: BLE001 (every bucket of the iteration raises it)
             rnd.draw.set_exception(err)
 
-    gathered = torch.futures.collect_all(list(rnd.rows))
-    wire.chain(wire.chain(gathered, after_rows), settle).add_done_callback(hand_over)
+    # Every bucket's rows first (a failed gather reveals nothing), then the reveal.
+    gathered = join(list(rnd.rows), device)
+    revealed = wire.chain(gathered, lambda rows: wire.chain(wire.start(stage, launch), lambda _: rows))
+    wire.chain(revealed, settle).add_done_callback(hand_over)
 
 
 @ddp_comm_hook()
@@ -334,7 +332,7 @@ def robust_aggregation_hook(state: RobustAggregationState, bucket: dist.GradBuck
 
     Register with ``ddp_model.register_comm_hook(state, robust_aggregation_hook)``.
     """
-    group = resolve_group(state.process_group)
+    group = state.send_groups()[-1]
     world, rank = group.world, group.rank
     if state.byzantine_ranks and (state.byzantine_ranks[-1] >= world or len(state.byzantine_ranks) >= world):
         raise ValueError(f"byzantine_ranks {state.byzantine_ranks} must be ranks < {world} leaving an honest rank")
@@ -358,7 +356,7 @@ def robust_aggregation_hook(state: RobustAggregationState, bucket: dist.GradBuck
     spy = attacking and state.attack.omniscient
     send_stage = 1 if spy else 0
     reveal_stage = send_stage + (1 if state.codec is None else 2)
-    wire = BucketWire(state, group, reveal_stage + (1 if randomized else 0), buffer.device)
+    wire = BucketWire(group, reveal_stage + (1 if randomized else 0), buffer.device)
     if spy:
         honest_ranks = [r for r in range(world) if r not in state.byzantine_ranks]
         everyone = wire.gather_fixed(0, local)
@@ -370,8 +368,9 @@ def robust_aggregation_hook(state: RobustAggregationState, bucket: dist.GradBuck
             ),
         )
     else:
-        row = _byzantine_row(state, local, None, rank, key) if attacking else local
-        rows = _send_rows(state, wire, send_stage, row, trailer)
+        # checking and encoding the row reads it on the host: on the communication thread
+        rows = wire.defer(lambda: _send_rows(
+            state, wire, send_stage, _byzantine_row(state, local, None, rank, key) if attacking else local, trailer))
 
     def aggregate(gathered: list[torch.Tensor], draw: tuple[draws.StepDraw, int] | None) -> torch.Tensor:
         stacked = torch.stack(list(gathered))
@@ -398,5 +397,5 @@ def robust_aggregation_hook(state: RobustAggregationState, bucket: dist.GradBuck
         _start_reveal(state, wire, reveal_stage, rnd, step, rank)
     else:
         wire.skip(reveal_stage)
-    both = torch.futures.collect_all([rows, rnd.draw])
-    return finish(state, bucket, wire.chain(both, lambda futs: aggregate(futs[0].value()[0], futs[1].value())))
+    both = join([rows, rnd.draw], buffer.device)
+    return finish(state, bucket, wire.chain(both, lambda got: aggregate(got[0][0], got[1])))

@@ -39,6 +39,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, const at::
   check_seed(seed, offset);
   const int64_t first_group = first_group_of(stream_index);
   const LevelTable table = level_table_from(levels);
+  const c10::cuda::CUDAGuard guard(x.device());  // the stream below is x's device's
   at::Tensor norms = bucket_norms_cuda(x, bucket_size, norm);
   // Synchronizes, unless the caller detects non-finite buckets from the returned norms itself.
   if (given.has_value() || !allow_nonfinite) check_finite_norms(norms);
@@ -57,6 +58,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, const at::
 
 void accumulate_cuda(at::Tensor& out, at::TensorList norms, at::TensorList symbols,
                      const LevelTable& table, int64_t bucket_size, float scale, bool assign_first) {
+  const c10::cuda::CUDAGuard guard(out.device());
   at::Tensor invalid = at::zeros({1}, out.options().dtype(at::kInt));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   for (size_t first = 0; first < norms.size(); first += cuda::kMaxPayloadsPerLaunch) {
