@@ -4,6 +4,11 @@
 processes that have joined a Gloo process group, and returns each rank's return value (must be
 picklable), ordered by rank. A failure in any rank raises in the test with that rank's traceback;
 a rank that hangs is killed after ``timeout`` seconds.
+
+``mode``: ``"native"`` (Gloo as it is) or ``"strict"`` (NCCL's rules enforced on the ranks' hooks:
+``tests/_strict_nccl.py``; ``strict`` may also be a dict of its options, e.g. ``{"skew": True}``).
+Without ``mode``, the mode of the running test is used (:data:`MODE`, which the ``comm_mode``
+parametrization of ``conftest.py`` sets): hook tests run in both.
 """
 from __future__ import annotations
 
@@ -24,14 +29,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple, queue: Any) -> None:
+# The mode of the running test (conftest.py's comm_mode fixture sets it): "native" or "strict".
+MODE = "native"
+
+
+def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple, queue: Any, mode: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        if mode != "native":
+            import _strict_nccl
+
+            _strict_nccl.install(rank, **(mode if isinstance(mode, dict) else {}))
+        result = fn(rank, world_size, *args)
+        if mode != "native" and dist.is_initialized():
+            _strict_nccl.finish()
         # Plain pickle copies tensor data into bytes; the queue's own pickler would share memory
         # through file descriptors that die with this process.
-        queue.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
+        queue.put((rank, True, pickle.dumps(result)))
     except BaseException:  # report every failure to the parent, whatever it is
         queue.put((rank, False, traceback.format_exc()))
     finally:
@@ -39,11 +55,15 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple, que
             dist.destroy_process_group()
 
 
-def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = 120.0) -> list[Any]:
+def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = 120.0, mode: Any = None) -> list[Any]:
+    mode = MODE if mode is None else mode
+    if mode not in ("native", "strict") and not isinstance(mode, dict):
+        raise ValueError(f"mode must be 'native', 'strict' or a dict of strict options, got {mode!r}")
+    mode = {} if mode == "strict" else mode
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)]
+    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, queue, mode)) for r in range(world_size)]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}

@@ -45,6 +45,28 @@ def _seed_everything():
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "slow: long-running; excluded from CI by -m 'not slow'")
+    config.addinivalue_line(
+        "markers", "comm_modes: multi-rank hook tests, run in both modes: native Gloo and NCCL's strict mode"
+    )
+    config.addinivalue_line("markers", "native_only: a comm_modes test that stays on native Gloo (say why)")
+
+
+def pytest_generate_tests(metafunc):
+    definition = metafunc.definition
+    if definition.get_closest_marker("comm_modes") and not definition.get_closest_marker("native_only"):
+        # module scope: a module's shared multi-rank results (its `results` fixtures) exist once per mode
+        metafunc.parametrize("comm_mode", ["native", "strict"], indirect=True, scope="module")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def comm_mode(request):
+    """The mode _dist.run_ranks runs ranks in (tests/_strict_nccl.py): "native" unless the test is
+    parametrized over both."""
+    import _dist
+
+    _dist.MODE = getattr(request, "param", "native")
+    yield _dist.MODE
+    _dist.MODE = "native"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,6 +13,9 @@ from commcomp import NUQSGD, QSGD, FixedLevels, QSGDInf
 from commcomp.hooks import CompressionState, allgather_hook, allreduce_hook, hook_from_spec, level_grid
 from commcomp.hooks.allreduce import wire_dtype
 
+# Multi-rank hook tests: each runs on native Gloo and in NCCL's strict mode (tests/_strict_nccl.py).
+pytestmark = pytest.mark.comm_modes
+
 
 _model, _batch = small_model, batch
 

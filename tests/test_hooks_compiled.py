@@ -19,6 +19,9 @@ from commcomp.hooks._bucket import FlatBucket, ParameterGradients
 from commcomp.robust import CoordinateMedian
 from commcomp.robust.hook import RobustAggregationState, robust_aggregation_hook
 
+# Multi-rank hook tests: each runs on native Gloo and in NCCL's strict mode (tests/_strict_nccl.py).
+pytestmark = pytest.mark.comm_modes
+
 STEPS = 4
 # aot_eager: the same Dynamo, AOT autograd and compiled-autograd paths as inductor, without
 # compiling C++ kernels on a 2-core machine.
@@ -153,6 +156,9 @@ class _Plain:
 
 
 def _by_hand(model, state, hook, x, c):
+    from _strict_nccl import as_ddp_calls_it
+
+    hook = as_ddp_calls_it(hook)  # what DDP would call (wrapped in strict mode)
     (model(x) * c).sum().backward()
     for p in reversed(list(model.parameters())):
         fut = hook(state, (p.grad, p))
@@ -182,8 +188,10 @@ def _unbound(rank, world):
     state, hook = hook_from_spec("nuqsgd:4")
     (model(_batch(rank, 0)[0]) * _batch(rank, 0)[1]).sum().backward()
     p = next(model.parameters())
+    from _strict_nccl import as_ddp_calls_it
+
     try:
-        hook(state, (p.grad, p))
+        as_ddp_calls_it(hook)(state, (p.grad, p))
     except ValueError as err:
         return str(err)
     return None

@@ -7,6 +7,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from commcomp.hooks import hook_from_spec
 
+# Multi-rank hook tests: each runs on native Gloo and in NCCL's strict mode (tests/_strict_nccl.py).
+pytestmark = pytest.mark.comm_modes
+
 STEPS = 6
 
 

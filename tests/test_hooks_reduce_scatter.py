@@ -10,6 +10,9 @@ import commcomp
 from commcomp.hooks import CompressionState, hook_from_spec, reduce_scatter_hook
 from commcomp.hooks._params import ParamSlice, chunk_bounds, cut_unit
 
+# Multi-rank hook tests: each runs on native Gloo and in NCCL's strict mode (tests/_strict_nccl.py).
+pytestmark = pytest.mark.comm_modes
+
 TRIALS = 200
 
 

@@ -13,6 +13,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from commcomp.hooks import hook_from_spec, register_comm_hook
 
+# Multi-rank hook tests: each runs on native Gloo and in NCCL's strict mode (tests/_strict_nccl.py).
+pytestmark = pytest.mark.comm_modes
+
 EPOCHS, BATCHES, BATCH = 2, 4, 16
 SPEC_KWARGS = dict(bucket_size=64, min_compression_numel=0, seed=1)
 

@@ -23,6 +23,9 @@ from commcomp.robust import (
 from commcomp.robust import hook as robust_hook
 from commcomp.robust.hook import RobustAggregationState, robust_aggregation_hook
 
+# Multi-rank hook tests: each runs on native Gloo and in NCCL's strict mode (tests/_strict_nccl.py).
+pytestmark = pytest.mark.comm_modes
+
 WORLD = 5
 
 
@@ -185,7 +188,7 @@ def _all_scenarios(rank, world):
 
 
 @pytest.fixture(scope="module")
-def results():
+def results(comm_mode):
     return run_ranks(_all_scenarios, WORLD, timeout=300)
 
 

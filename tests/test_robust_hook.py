@@ -14,6 +14,9 @@ STEPS = 60
 from commcomp import NUQSGD
 from commcomp.codecs import TensorCodec
 
+# Multi-rank hook tests: each runs on native Gloo and in NCCL's strict mode (tests/_strict_nccl.py).
+pytestmark = pytest.mark.comm_modes
+
 class FP16Codec:
     """A trivial codec: fp16 bytes; decode checks the length like a real decoder must."""
 
@@ -111,7 +114,7 @@ def _all_scenarios(rank, world_size):
 
 
 @pytest.fixture(scope="module")
-def results():
+def results(comm_mode):
     return run_ranks(_all_scenarios, 4, timeout=240)
 
 
