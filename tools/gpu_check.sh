@@ -5,6 +5,9 @@
 #   3. copy      device-to-device copy bandwidth (the roofline of the kernels)
 #   4. bench     benchmarks/bench_kernels.py --device cuda (quantize/dequantize against clone)
 #   5. hooks     the DDP hooks on CUDA tensors: 2 Gloo ranks on one GPU (tools/gpu_hooks_check.py)
+#   5b. nccl     every hook on one NCCL rank: no synchronizing CUDA call on backward's threads in
+#                steady state (sync debug mode), and no stream race (TORCH_CUDA_SANITIZER=1):
+#                what the CPU suite's strict NCCL mode checks (tools/gpu_nccl_check.py)
 #   6. probes    the CUDA emulation harness's semantic probes built by nvcc and run on the GPU: the
 #                harness's expectations checked against the hardware (tests/cuda_emulation)
 #   7. sanitize  compute-sanitizer memcheck and racecheck over every op once (where the runtime
@@ -121,6 +124,8 @@ bench() {
 
 hooks() { "$PY" tools/gpu_hooks_check.py "$OUT/hooks"; local rc=$?; cp "$OUT/hooks/hooks_cuda.json" "$OUT/" 2>/dev/null; return $rc; }
 
+nccl() { "$PY" tools/gpu_nccl_check.py "$OUT/nccl"; local rc=$?; cp "$OUT/nccl/nccl_check.json" "$OUT/" 2>/dev/null; return $rc; }
+
 sanitize() {
   command -v compute-sanitizer >/dev/null || { echo "compute-sanitizer is not installed"; return 3; }
   local script="$OUT/sanitize_ops.py"
@@ -158,13 +163,14 @@ EOF
 }
 
 export PY OUT ROOT ARCH SM
-export -f build gpu_tests probes copy_bandwidth bench hooks sanitize
+export -f build gpu_tests probes copy_bandwidth bench hooks nccl sanitize
 step build 240 build
 if grep -q '^build	passed' "$RESULTS"; then
   step gpu-tests 150 gpu_tests
   step copy 60 copy_bandwidth
   step bench 120 bench
   step hooks 150 hooks
+  step nccl 150 nccl
   # Checks of the checks, last: they are the first to go when the budget runs short.
   step probes 120 probes
   step sanitize 120 sanitize
@@ -177,6 +183,7 @@ def load(name):
     path = os.path.join(out, name)
     return json.load(open(path)) if os.path.exists(path) else None
 env, copy, bench, hooks = load("env.json"), load("copy.json"), load("bench_kernels_cuda.json"), load("hooks_cuda.json")
+nccl = load("nccl_check.json")
 lines = [f"# gpu_check ({elapsed} s)", "", f"GPU: {env['gpu']} (sm_{''.join(map(str, env['capability']))}), "
          f"torch {env['torch']}, CUDA {env['cuda']}, driver: {env['nvidia_smi']}", "", "| step | result | seconds |", "|---|---|---:|"]
 lines += [f"| {n} | {s} | {t} |" for n, s, t in (row.split("\t") for row in open(results).read().splitlines())]
@@ -196,6 +203,16 @@ if hooks:
         else:
             lines.append(f"| {spec} | {row['rel_error_vs_exact']:.3f} | {row['cuda_equals_cpu']} | {1e3 * row['seconds_per_step_cuda']:.1f} |")
     lines += [f"- FAILED: {f}" for f in hooks["failures"]]
+if nccl:
+    lines += ["", "Every hook on one NCCL rank, steady state (sync debug mode; CSAN run: "
+              f"{'passed' if 'sanitizer' in nccl['runs'] else 'missing'}):", "",
+              "| spec | syncs on backward's threads per run | syncs on commcomp-comm per step |", "|---|---:|---:|"]
+    for spec, row in nccl["runs"].get("plain", {}).items():
+        if "error" in row:
+            lines.append(f"| {spec} | error | |")
+        else:
+            lines.append(f"| {spec} | {row['syncs_on_backward_threads']} | {row['syncs_on_comm_thread_per_step']:.1f} |")
+    lines += [f"- FAILED: {f}" for f in nccl["failures"]]
 print("\n".join(lines))
 EOF
 cat "$OUT/summary.md"
