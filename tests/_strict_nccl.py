@@ -42,7 +42,9 @@ rank-dependent time, so a launch order that depends on when data arrives differs
 """
 from __future__ import annotations
 
+import datetime
 import functools
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ from commcomp.hooks._streams import comm_device
 __all__ = ["DEVICE", "DeviceTensor", "StrictNCCLViolation", "install", "finish", "current", "as_ddp_calls_it", "OP_HOST_READS"]
 
 DEVICE = torch.device("privateuseone", 0)
+_PEER_WAIT = datetime.timedelta(seconds=30)
 NCCL_DTYPES = {torch.uint8, torch.int8, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32,
                torch.float64, torch.bool}
 
@@ -170,6 +173,8 @@ class _Strict:
     comm_reads: list[int] = field(default_factory=lambda: [0])
     hook_calls: int = 0
     mode: Any = None
+    store: Any = None
+    per_group: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     local: threading.local = field(default_factory=threading.local)
 
@@ -325,12 +330,14 @@ def _collective(strict: _Strict, name: str, original: Callable, tensor_args: tup
             out_n, in_n = bound["output"].numel(), bound["input"].numel()
             splits = (tuple(bound.get("input_split_sizes") or [in_n // world] * world),
                       tuple(bound.get("output_split_sizes") or [out_n // world] * world))
+        launch = _Launch(
+            group=group.group_name, members=tuple(dist.get_process_group_ranks(group)), op=name,
+            dtype=str(flat[0].dtype) if flat else "", numel=tuple(t.numel() for t in flat), splits=splits,
+            step=strict.step(),
+        )
         with strict.lock:
-            strict.launches.append(_Launch(
-                group=group.group_name, members=tuple(dist.get_process_group_ranks(group)), op=name,
-                dtype=str(flat[0].dtype) if flat else "", numel=tuple(t.numel() for t in flat), splits=splits,
-                step=strict.step(),
-            ))
+            strict.launches.append(launch)
+        _match_peers(strict, launch)  # before launching: a mismatch would hang the collective
         # NCCL's future holds the output tensors (the tensor itself for in-place collectives)
         outputs = [bound[tensor_args[0]]]
         plain_args = tuple(tree_map(_plain, a) for a in args)
@@ -344,6 +351,31 @@ def _collective(strict: _Strict, name: str, original: Callable, tensor_args: tup
         return _DoneWork(outputs) if bound.get("async_op") else None
 
     return strict_collective
+
+
+def _match_peers(strict: _Strict, launch: _Launch) -> None:
+    """R3/R4 at launch time: this rank's k-th launch on a group must be every member's k-th launch
+    on it (the same op, dtype and sizes). Descriptors go through the default store, so a mismatch
+    is reported before the collective it would hang; a peer that never gets there (another order
+    across groups) is reported after ``_PEER_WAIT``."""
+    with strict.lock:
+        k = strict.per_group.get(launch.group, 0)
+        strict.per_group[launch.group] = k + 1
+    store = strict.store
+    key = f"{launch.group}/{k}"
+    store.set(f"{key}/{strict.rank}", json.dumps(vars(launch)))
+    peers = [p for p in launch.members if p != strict.rank]
+    try:
+        store.wait([f"{key}/{p}" for p in peers], _PEER_WAIT)
+    except RuntimeError:
+        strict.violate("R4 launch order", f"launch #{k} on group {launch.group} ({launch.op}, step {launch.step}): "
+                       f"a peer of {peers} did not launch its #{k} there within {_PEER_WAIT.total_seconds():.0f} s "
+                       "(another launch order across groups?)")
+    for p in peers:
+        theirs = _Launch(**json.loads(store.get(f"{key}/{p}")))
+        problems = _compare_pair(strict.rank, [launch], p, [theirs])
+        if problems:
+            strict.violate("R4 launch order" if problems[0].startswith("R4") else "R3 shapes", problems[0])
 
 
 def _bind(fn: Callable, args: tuple, kwargs: dict) -> dict:
@@ -469,6 +501,8 @@ class _DeviceBucket:
 def _strict_hook(strict: _Strict, mode: _Mode, hook: Callable) -> Callable:
     @functools.wraps(hook)
     def run(state, bucket):
+        if strict.skew and strict.rank % 2:
+            time.sleep(0.015)  # odd ranks reach each body later: their follow-ups run first
         strict.local.body_depth = getattr(strict.local, "body_depth", 0) + 1
         strict.hook_calls += 1
         try:
@@ -505,6 +539,7 @@ def install(rank: int, skew: bool = False, max_body_reads: int | None = 0) -> _S
     global _STATE
     strict = _STATE = _Strict(rank=rank, skew=skew, max_body_reads=max_body_reads)
     strict.check_group = dist.new_group(backend="gloo")  # finish()'s own exchange, outside the rules
+    strict.store = dist.PrefixStore("strict_nccl/", dist.distributed_c10d._get_default_store())
     mode = strict.mode = _Mode(strict)
     for name, tensor_args in _COLLECTIVES.items():
         if hasattr(dist, name):
@@ -547,25 +582,28 @@ def finish() -> None:
 
 
 def _compare_logs(logs: list[list[_Launch]]) -> list[str]:
+    """Every pair of ranks' launches on the groups both belong to: the same, entry for entry."""
+    return [p for a in range(len(logs)) for b in range(a + 1, len(logs)) for p in _compare_pair(a, logs[a], b, logs[b])]
+
+
+def _compare_pair(a: int, log_a: list[_Launch], b: int, log_b: list[_Launch]) -> list[str]:
     problems = []
-    for a in range(len(logs)):
-        for b in range(a + 1, len(logs)):
-            mine = [e for e in logs[a] if b in e.members]
-            theirs = [e for e in logs[b] if a in e.members]
-            for k, (x, y) in enumerate(zip(mine, theirs)):
-                if x.key() != y.key():
-                    problems.append(f"R4 launch order: ranks {a} and {b} differ at their shared launch {k} (step {x.step}"
-                                    f"/{y.step}): {x.op} on group {x.group} vs {y.op} on group {y.group}")
-                    break
-                if x.op in ("all_gather_single", "all_gather_into_tensor", "all_reduce", "broadcast") and x.numel[-1] != y.numel[-1]:
-                    problems.append(f"R3 shapes: {x.op} #{k} on group {x.group}: rank {a} sends {x.numel[-1]} elements, "
-                                    f"rank {b} {y.numel[-1]}")
-                if x.splits is not None:
-                    ia, ib = x.members.index(a), x.members.index(b)
-                    if x.splits[0][ib] != y.splits[1][ia] or y.splits[0][ia] != x.splits[1][ib]:
-                        problems.append(f"R3 shapes: all_to_all #{k} on group {x.group}: splits of ranks {a} and {b} "
-                                        f"do not match ({x.splits} vs {y.splits})")
-            if len(mine) != len(theirs):
-                problems.append(f"R4 launch order: rank {a} launched {len(mine)} collectives shared with rank {b}, "
-                                f"which launched {len(theirs)}")
+    mine = [e for e in log_a if b in e.members]
+    theirs = [e for e in log_b if a in e.members]
+    for k, (x, y) in enumerate(zip(mine, theirs)):
+        if x.key() != y.key():
+            problems.append(f"R4 launch order: ranks {a} and {b} differ at their shared launch {k} (step {x.step}"
+                            f"/{y.step}): {x.op} on group {x.group} vs {y.op} on group {y.group}")
+            break
+        if x.op in ("all_gather_single", "all_gather_into_tensor", "all_reduce", "broadcast") and x.numel[-1] != y.numel[-1]:
+            problems.append(f"R3 shapes: {x.op} #{k} on group {x.group}: rank {a} sends {x.numel[-1]} elements, "
+                            f"rank {b} {y.numel[-1]}")
+        if x.splits is not None:
+            ia, ib = list(x.members).index(a), list(x.members).index(b)
+            if x.splits[0][ib] != y.splits[1][ia] or y.splits[0][ia] != x.splits[1][ib]:
+                problems.append(f"R3 shapes: all_to_all #{k} on group {x.group}: splits of ranks {a} and {b} "
+                                f"do not match ({x.splits} vs {y.splits})")
+    if len(mine) != len(theirs):
+        problems.append(f"R4 launch order: rank {a} launched {len(mine)} collectives shared with rank {b}, "
+                        f"which launched {len(theirs)}")
     return problems

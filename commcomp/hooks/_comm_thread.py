@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import logging
 import os
 import threading
 from typing import Any, Callable
@@ -38,6 +39,7 @@ from ._streams import on_comm_stream
 __all__ = ["CommThread", "comm_thread", "new_future", "THREAD_NAME"]
 
 THREAD_NAME = "commcomp-comm"
+logger = logging.getLogger("commcomp.hooks")
 Launch = Callable[[], "dist.Work | None"]
 
 
@@ -153,9 +155,18 @@ class CommThread:
                     inflight.append((work, ticket))
             for task, device in tasks:
                 with on_comm_stream(device):
-                    task()  # callbacks catch their own errors (they complete futures with them)
+                    _run_task(task)
             if not launches and not tasks and inflight:
                 _finish(*inflight.popleft())
+
+
+def _run_task(task: Callable[[], None]) -> None:
+    # Follow-ups complete their futures with their own errors; anything escaping is a bug, logged
+    # here rather than allowed to end the thread that every later collective needs.
+    try:
+        task()
+    except Exception:  # noqa: BLE001
+        logger.exception("commcomp: a follow-up on the communication thread raised")
 
 
 def _launch(ticket: _Ticket) -> "dist.Work | None":

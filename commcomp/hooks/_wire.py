@@ -96,12 +96,26 @@ def _settle(out: torch.futures.Future, fn: Callable[[], Any], device: torch.devi
         out.set_result(result)
 
 
-def chain(fut: torch.futures.Future, fn: Callable[[Any], Any], device: torch.device) -> torch.futures.Future:
+def chain(
+    fut: torch.futures.Future,
+    fn: Callable[[Any], Any],
+    device: torch.device,
+    on_error: Callable[[], None] | None = None,
+) -> torch.futures.Future:
     """``fut.then(fn)`` run on the communication thread, where ``fn(value)`` may return a value
     or another future (flattened). ``value`` comes from ``fut.wait()``. Errors of ``fut`` or
-    ``fn`` reach the returned future; the caller never waits."""
+    ``fn`` reach the returned future (after ``on_error()``); the caller never waits."""
+
+    def follow(f: torch.futures.Future) -> Any:
+        try:
+            return fn(f.wait())
+        except BaseException:
+            if on_error is not None:
+                on_error()
+            raise
+
     out = new_future(device)
-    _after(fut, lambda f: _settle(out, lambda: fn(f.wait()), device), device)
+    _after(fut, lambda f: _settle(out, lambda: follow(f), device), device)
     return out
 
 
@@ -159,17 +173,7 @@ class BucketWire:
 
     def chain(self, fut: torch.futures.Future, fn: Callable[[Any], Any]) -> torch.futures.Future:
         """:func:`chain`, skipping every still-open stage if ``fut`` or ``fn`` fails."""
-
-        def on_done(f: torch.futures.Future) -> Any:
-            try:
-                return fn(f.wait())
-            except BaseException:
-                self.skip_rest()
-                raise
-
-        out = new_future(self.device)
-        _after(fut, lambda f: _settle(out, lambda: on_done(f), self.device), self.device)
-        return out
+        return chain(fut, fn, self.device, on_error=self.skip_rest)
 
     # -- collectives -------------------------------------------------------------------------
     def gather_fixed(self, stage: int, frame: torch.Tensor) -> torch.futures.Future:

@@ -3,7 +3,7 @@
 Each rank quantizes its bucket, parameter by parameter (:mod:`._params`: the result does not
 depend on DDP's bucket layout), and sends the payloads in one frame (:mod:`._wire`); frames are
 all-gathered (fixed-width frames have a size every rank computes, so one collective; Elias frames
-exchange their sizes first, on the next lane); every rank decodes all frames in rank order and
+exchange their sizes first, a stage before); every rank decodes all frames in rank order and
 averages them. The average is unbiased, and every rank computes it from the same bytes in the
 same order, so parameters stay bit-identical across ranks. Nothing in the hook body waits for a
 peer. Per-rank traffic grows with the world size: :func:`~commcomp.hooks.reduce_scatter_hook`

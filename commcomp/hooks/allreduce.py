@@ -2,7 +2,8 @@
 
 Ranks all-reduce the per-bucket max norm, quantize their gradients against that shared scale, map
 symbols to signed integers on the level table's grid, and all-reduce the integers (on the next
-lane of :mod:`._wire`, chained: the hook body waits for nothing). The sum decodes to the average.
+stage of :mod:`._wire`, followed up on the communication thread: the hook body waits for
+nothing). The sum decodes to the average.
 
 Trade-off against :func:`~commcomp.hooks.allgather_hook`: the estimate is still unbiased (stochastic
 rounding is unbiased for any scale >= the bucket's own norm), but each rank rounds at the coarser

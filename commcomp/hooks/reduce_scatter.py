@@ -7,7 +7,7 @@ For a bucket and ``W`` ranks:
    parameter boundaries or whole quantization buckets into a parameter; uneven ``W`` is fine).
    Each rank quantizes every chunk with its own Philox key and sends chunk ``r`` to rank ``r``:
    one ``all_to_all`` (fixed width: every size is computed, none exchanged; Elias: the sizes go
-   first, on the lane before).
+   first, as a stage of their own).
 2. Rank ``r`` validates and decodes the ``W`` contributions to its chunk and averages them
    (``dequantize_accumulate``, senders in rank order), re-quantizes the average with fresh
    stochastic rounding, and all-gathers it (frames padded to the largest chunk's, whose size every
